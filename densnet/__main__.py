@@ -1,0 +1,3 @@
+from densnet.cli import app
+
+app()
