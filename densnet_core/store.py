@@ -226,7 +226,9 @@ def _check_metadata(schema: pa.Schema, table: str | None, where: Path) -> None:
             f"{where}: schema_version {version.decode()} (this densnet reads {SCHEMA_VERSION})"
         )
     if table is not None and meta.get(b"table", b"").decode() != table:
-        raise SchemaError(f"{where}: is a {meta.get(b'table', b'?').decode()!r} table, not {table!r}")
+        raise SchemaError(
+            f"{where}: is a {meta.get(b'table', b'?').decode()!r} table, not {table!r}"
+        )
 
 
 def read_table(path: str | os.PathLike[str], table: str | None = None) -> pd.DataFrame:
@@ -262,7 +264,8 @@ def append_part(
 ) -> Path:
     """Add one part file to a dataset folder (atomically). Returns its path."""
     directory = Path(directory)
-    name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:10]}.parquet"
+    # nanosecond timestamps, zero-padded: lexical order of the names is write order
+    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     return write_table(data, directory / name, table)
 
 
