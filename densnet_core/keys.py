@@ -24,6 +24,7 @@ FORCE_FIELD = "force_field"  # str: "MMFF94", "UFF", or "none" (SDF kept as is)
 FRAGMENT_NOTE = "fragment_note"  # str: what was stripped (salts, solvents); "" if nothing
 STEREO_NOTE = "stereo_note"  # str: unassigned stereocentres embedded at random; "" if none
 N_HEAVY_ATOMS = "n_heavy_atoms"  # int
+INPUT_NOTE = "input_note"  # str: remarks on the input (generated name, 2D SDF embedded...); ""
 
 # --- outcome ---------------------------------------------------------------------------------
 STATUS = "status"  # str: "ok" or one of the statuses below
@@ -38,6 +39,7 @@ STATUS_EMBEDDING_FAILED = "embedding_failed"
 STATUS_SCF_NOT_CONVERGED = "scf_not_converged"
 STATUS_QM_FAILED = "qm_failed"
 STATUS_UNSUPPORTED_CHARGE = "unsupported_charge"
+STATUS_UNSUPPORTED_MULTIPLICITY = "unsupported_multiplicity"
 STATUS_PREDICTION_FAILED = "prediction_failed"
 
 # --- labels (PySCF) --------------------------------------------------------------------------

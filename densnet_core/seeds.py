@@ -1,0 +1,148 @@
+"""Seed-set selection: a diverse, small, labelable set of molecules to train the density model.
+
+MaxMin diversity picking (RDKit's ``MaxMinPicker`` on Morgan fingerprints, Tanimoto distance)
+over a pool of real molecules, after filtering to small molecules made of supported elements,
+plus a hand-picked list of functional groups the pool may lack, always included first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from rdkit import Chem, RDLogger
+from rdkit.Chem import rdFingerprintGenerator
+from rdkit.SimDivFilters.rdSimDivPickers import MaxMinPicker
+
+DEFAULT_ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F", "P", "S", "Cl", "Br")
+
+# Functional groups a screening chemist expects covered, as small molecules (name, SMILES).
+FUNCTIONAL_GROUP_SEEDS: tuple[tuple[str, str], ...] = (
+    ("water", "O"),
+    ("ammonia", "N"),
+    ("methane", "C"),
+    ("ethanol", "CCO"),
+    ("ethanethiol", "CCS"),
+    ("resorcinol", "Oc1cccc(O)c1"),
+    ("formaldehyde", "C=O"),
+    ("acetic_acid", "CC(=O)O"),
+    ("acetamide", "CC(N)=O"),
+    ("methyl_acetate", "COC(C)=O"),
+    ("acetonitrile", "CC#N"),
+    ("nitromethane", "C[N+](=O)[O-]"),
+    ("dimethyl_sulfoxide", "CS(C)=O"),
+    ("methanesulfonamide", "CS(N)(=O)=O"),
+    ("fluorobenzene", "Fc1ccccc1"),
+    ("chlorobenzene", "Clc1ccccc1"),
+    ("bromobenzene", "Brc1ccccc1"),
+    ("trifluoromethane", "FC(F)F"),
+    ("pyridine", "c1ccncc1"),
+    ("pyrimidine", "c1cncnc1"),
+    ("imidazole", "c1c[nH]cn1"),
+    ("pyrazole", "c1cn[nH]c1"),
+    ("thiophene", "c1ccsc1"),
+    ("furan", "c1ccoc1"),
+    ("oxazole", "c1cocn1"),
+    ("thiazole", "c1cscn1"),
+    ("1,2,4-triazole", "c1nc[nH]n1"),
+    ("tetrazole", "c1nnn[nH]1"),
+    ("indole", "c1ccc2[nH]ccc2c1"),
+    ("morpholine", "C1COCCN1"),
+    ("piperazine", "C1CNCCN1"),
+    ("urea", "NC(N)=O"),
+    ("trimethyl_phosphate", "COP(=O)(OC)OC"),
+    ("benzonitrile", "N#Cc1ccccc1"),
+    ("phenol", "Oc1ccccc1"),
+    ("aniline", "Nc1ccccc1"),
+)
+
+
+@dataclass(frozen=True)
+class SeedMolecule:
+    """One seed molecule: ``name`` and canonical ``smiles``, and where it came from."""
+
+    name: str
+    smiles: str
+    source: str
+
+
+def _eligible(mol: Chem.Mol, *, max_heavy_atoms: int, elements: frozenset[str]) -> bool:
+    if mol.GetNumHeavyAtoms() > max_heavy_atoms or len(Chem.GetMolFrags(mol)) != 1:
+        return False
+    if any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
+        return False
+    if Chem.GetFormalCharge(mol) != 0:
+        return False
+    return all(a.GetSymbol() in elements for a in mol.GetAtoms())
+
+
+def select_seed_set(
+    pool: Iterable[tuple[str, str]],
+    *,
+    n_from_pool: int,
+    max_heavy_atoms: int = 12,
+    elements: Sequence[str] = DEFAULT_ELEMENTS,
+    include: Sequence[tuple[str, str]] = FUNCTIONAL_GROUP_SEEDS,
+    seed: int = 42,
+) -> list[SeedMolecule]:
+    """Pick a diverse seed set.
+
+    Parameters
+    ----------
+    pool
+        (name, SMILES) pairs to pick from (e.g. RDKit's NCI ``first_5K.smi``).
+    n_from_pool
+        How many molecules to pick from the pool by MaxMin, on top of ``include``.
+    max_heavy_atoms
+        Larger pool molecules are skipped (labelling cost grows ~N^3).
+    elements
+        Only molecules made entirely of these elements are eligible.
+    include
+        (name, SMILES) pairs always included, first (functional groups the pool may lack).
+    seed
+        Seed of the MaxMin picker (the pick is deterministic for a given pool and seed).
+
+    Returns
+    -------
+    list[SeedMolecule]
+        ``include`` first, then the picks in MaxMin order; no canonical SMILES twice.
+    """
+    RDLogger.DisableLog("rdApp.*")
+    allowed = frozenset(elements)
+    chosen: list[SeedMolecule] = []
+    seen: set[str] = set()
+    for name, smi in include:
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None:
+            raise ValueError(f"included seed {name!r} has an invalid SMILES {smi!r}")
+        can = Chem.MolToSmiles(mol)
+        if can not in seen:
+            seen.add(can)
+            chosen.append(SeedMolecule(name=name, smiles=can, source="functional_groups"))
+
+    candidates: list[tuple[str, str]] = []
+    for name, smi in pool:
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None or not _eligible(mol, max_heavy_atoms=max_heavy_atoms, elements=allowed):
+            continue
+        can = Chem.MolToSmiles(mol)
+        if can in seen:
+            continue
+        seen.add(can)
+        candidates.append((name, can))
+    if n_from_pool <= 0 or not candidates:
+        return chosen
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    smiles_all = [m.smiles for m in chosen] + [s for _, s in candidates]
+    fps = [generator.GetFingerprint(Chem.MolFromSmiles(s)) for s in smiles_all]
+    n_fixed = len(chosen)
+    n = min(n_from_pool, len(candidates))
+    # The included molecules are the first picks, so the MaxMin picks complement them.
+    picks = MaxMinPicker().LazyBitVectorPick(
+        fps, len(fps), n_fixed + n, firstPicks=list(range(n_fixed)), seed=seed
+    )
+    chosen.extend(
+        SeedMolecule(name=candidates[i - n_fixed][0], smiles=smiles_all[i], source="maxmin")
+        for i in list(picks)[n_fixed:]
+    )
+    return chosen
