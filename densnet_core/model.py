@@ -1,0 +1,959 @@
+"""The equivariant density network: nuclear positions -> auxiliary-basis density coefficients.
+
+Architecture (NequIP / MACE-lite, e3nn on torch)
+------------------------------------------------
+* Element one-hot -> ``o3.Linear`` -> scalar node features ``embed_dim x 0e``.
+* Edges: radius graph within each molecule (cutoff ``cutoff_bohr``). Edge features are
+  ``n_radial`` Bessel functions sqrt(2/r_c) sin(n pi r / r_c) / r times the polynomial envelope
+  u(r / r_c) of order ``envelope_p`` (u, u' and u'' vanish at r_c, so every output is C^2 as
+  an atom crosses the cutoff), and real spherical harmonics Y^l(r_hat), l <= ``lmax_sh``
+  ("component" normalisation).
+* ``n_layers`` interaction blocks (MACE-lite, see :class:`Interaction`): the neighbour density
+  A_i = sum_j R(r_ij) s_j Y(r_hat_ij) from the neighbours' scalar features s_j (e3nn's
+  Convolution "uvu" pattern with weights from an MLP of the radial features, written out as an
+  outer product because the inputs are scalars; divided by sqrt(``avg_num_neighbors``)); a
+  channel-wise "uuu" ``o3.TensorProduct`` of the atom's own features (l <= 1) with A_i, which
+  makes three-body terms, l up to 5 and the pseudo-tensors; ``o3.Linear``; self-interaction
+  (element-dependent ``FullyConnectedTensorProduct`` in the hidden blocks, ``o3.Linear`` in the
+  readout block); ``e3nn.nn.Gate``; residual connection whenever input and output irreps
+  agree. Only scalars travel along edges (MACE's "L = 0 messages" choice): every per-edge
+  operation is an outer product, and all Clebsch-Gordan work is per atom, which is what makes
+  ~50-atom molecules fast on a CPU. All blocks but the last output ``hidden_irreps``; the last
+  ("readout") block outputs the readout irreps, built from the heads' needs: every (l, parity)
+  of the density heads, and for the response heads every irrep of irreps_Z (x) 1o, up to
+  l_max + 1 and including pseudo-tensors (1e, 2o, 3e, 4o, ...).
+* Density heads: for every element Z an ``o3.Linear(readout, irreps_Z)``, irreps_Z the aux
+  shells of Z in PySCF shell order with parity (-1)^l (components in e3nn order). Applied once
+  per element per batch (atoms grouped by element, results scattered with precomputed
+  indices). Prediction = ``prior_coeffs`` (SAD, from the batch) + Delta.
+* Response heads: for every element an ``o3.Linear(readout, irreps_Z (x) 1o decomposed)``
+  followed by the fixed, orthogonal inverse Clebsch-Gordan map (built from ``o3.wigner_3j``)
+  to a (n_Z, 3) tensor per atom: d c_mu / d E_j, j Cartesian (x, y, z). In e3nn >= 0.5 the
+  l = 1 irrep is ordered (x, y, z) and ``Irrep("1o").D_from_matrix(R) == R`` (checked at run
+  time in the tests), so e3nn's l = 1 index *is* the Cartesian index.
+
+Constraints
+-----------
+* Electron count: the density is projected onto {c : q . c = N} per molecule with the
+  minimal Euclidean change in coefficient space, c <- c + q (N - q.c) / (q.q), q the charge
+  integrals (nonzero on s functions only, so only s coefficients move). N = sum Z - charge.
+* Each response column c^(j) is projected onto q . c^(j) = 0 the same way (a uniform field
+  moves no charge in or out of the molecule).
+
+Observables (computed from the predicted coefficients, never regressed separately)
+---------------------------------------------------------------------------------
+N = sum_mu q_mu c_mu; mu = sum_A Z_A (R_A - O) - sum_mu d_mu c_mu (e bohr; d = int (r - O)
+chi, about the batch's ``origin_bohr``); alpha_ij = -sum_mu d_i,mu c^(j)_mu, symmetrised.
+
+Dtype: float32 by default, ``model.double()`` for float64 (the tests check equivariance in
+float64). Units: positions and cutoff in bohr; coefficients in the aux basis' own units.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import e3nn
+import torch
+from e3nn import o3
+from e3nn.nn import FullyConnectedNet, Gate
+from torch import nn
+
+from densnet_core.graph import MoleculeInput, collate, element_gather_indices, radius_graph
+
+__all__ = [
+    "PRESETS",
+    "DensityModel",
+    "PolynomialEnvelope",
+    "dipole_au",
+    "electron_count",
+    "polarizability_au",
+    "project_electron_count",
+    "response_irreps",
+]
+
+# Presets: the architecture knobs only. The element irreps (the aux basis) are always given.
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {
+        "cutoff_bohr": 7.0,
+        "n_radial": 8,
+        "envelope_p": 6,
+        "lmax_sh": 4,
+        "edge_mul": [16, 8, 8, 4, 4],
+        "product_mul": 8,
+        "embed_dim": 16,
+        "hidden_irreps": "16x0e+8x1o+4x2e",
+        "n_layers": 2,
+        "radial_hidden": 16,
+        "readout_mul": [16, 8, 8, 4, 4, 2],
+        "readout_pseudo_mul": [0, 4, 4, 2, 2, 2],
+        "avg_num_neighbors": 10.0,
+        "response": True,
+    },
+    "default": {
+        "cutoff_bohr": 7.5,
+        "n_radial": 8,
+        "envelope_p": 6,
+        "lmax_sh": 4,
+        "edge_mul": [32, 16, 16, 8, 8],
+        "product_mul": 16,
+        "embed_dim": 32,
+        "hidden_irreps": "32x0e+16x1o+8x2e",
+        "n_layers": 3,
+        "radial_hidden": 32,
+        "readout_mul": [32, 16, 16, 8, 8, 4],
+        "readout_pseudo_mul": [0, 8, 8, 4, 4, 4],
+        "avg_num_neighbors": 12.0,
+        "response": True,
+    },
+}
+
+
+@contextlib.contextmanager
+def _fast_e3nn_build() -> Iterator[None]:
+    """Build e3nn modules without opt_einsum path search (restored afterwards).
+
+    The search is ~70 % of the model's construction time (seconds) and buys nothing measurable
+    for these small per-atom contractions.
+    """
+    saved = e3nn.get_optimization_defaults()
+    e3nn.set_optimization_defaults(optimize_einsums=False)
+    try:
+        yield
+    finally:
+        e3nn.set_optimization_defaults(optimize_einsums=saved["optimize_einsums"])
+
+
+# ------------------------------------------------------------------------------------------
+# Radial features
+# ------------------------------------------------------------------------------------------
+class PolynomialEnvelope(nn.Module):
+    """Smooth cutoff u(x), x = r / r_c: 1 at x = 0; u, u', u'' = 0 at x >= 1 (DimeNet/NequIP).
+
+    u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2) for x < 1, else 0.
+    """
+
+    def __init__(self, *, p: int = 6) -> None:
+        super().__init__()
+        self.p = int(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Envelope of (...) reduced distances -> (...)."""
+        p = self.p
+        u = (
+            1.0
+            - (p + 1) * (p + 2) / 2 * x.pow(p)
+            + p * (p + 2) * x.pow(p + 1)
+            - p * (p + 1) / 2 * x.pow(p + 2)
+        )
+        return u * (x < 1.0).to(x.dtype)
+
+
+class RadialBasis(nn.Module):
+    """Bessel functions times the envelope: (E,) distances in bohr -> (E, n_radial)."""
+
+    def __init__(self, *, n_radial: int, cutoff_bohr: float, envelope_p: int) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff_bohr)
+        self.n_radial = int(n_radial)
+        self.envelope = PolynomialEnvelope(p=envelope_p)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        """(E,) bohr -> (E, n_radial)."""
+        n = torch.arange(1, self.n_radial + 1, dtype=r.dtype, device=r.device)
+        x = r / self.cutoff
+        bessel = math.sqrt(2.0 / self.cutoff) * torch.sin(math.pi * n * x[:, None]) / r[:, None]
+        return bessel * self.envelope(x)[:, None]
+
+
+# ------------------------------------------------------------------------------------------
+# Interaction block
+# ------------------------------------------------------------------------------------------
+def _gate_for(irreps_out: o3.Irreps) -> Gate:
+    """A Gate whose output is ``irreps_out``: SiLU/tanh on scalars, sigmoid-gated l > 0."""
+    scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
+    gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
+    acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
+    gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
+    return Gate(scalars, acts, gates, [torch.sigmoid] * len(gates), gated)
+
+
+class EdgeDensity(nn.Module):
+    """Equivariant neighbour density A_i = sum_j R(r_ij) s_j Y(r_hat_ij) (an e3nn "uvu" conv).
+
+    The messages are e3nn's Convolution with scalar neighbour features: for every l and
+    channel u, m_ij[u, l, m] = w_ul(r_ij) s_j[u, l] Y^l_m(r_hat_ij), weights w from an MLP of the
+    radial features (no biases, so w -> 0 with the envelope at the cutoff). With scalar inputs
+    the Clebsch-Gordan coefficient of the 0 x l -> l path is the identity, so the tensor
+    product is an outer product; it is written out here (no CG contraction per edge), which
+    makes it several times faster on CPU than the generic ``o3.TensorProduct``.
+
+    Parameters
+    ----------
+    n_scalars
+        Number of scalar node features s.
+    muls
+        Channels per l (l = 0..len(muls)-1); the output irreps are ``muls[l] x l(-1)^l``.
+    n_radial, radial_hidden
+        Radial MLP sizes.
+    avg_num_neighbors
+        The neighbour sum is divided by sqrt(avg_num_neighbors).
+    """
+
+    def __init__(
+        self,
+        *,
+        n_scalars: int,
+        muls: Sequence[int],
+        n_radial: int,
+        radial_hidden: int,
+        avg_num_neighbors: float,
+    ) -> None:
+        super().__init__()
+        self.muls = [int(m) for m in muls]
+        self.irreps_out = o3.Irreps([(m, (l, (-1) ** l)) for l, m in enumerate(self.muls) if m > 0])
+        n_ch = sum(self.muls)
+        self.lin = o3.Linear(o3.Irreps(f"{n_scalars}x0e"), o3.Irreps(f"{n_ch}x0e"))
+        # gather maps: output column (l, u, m) <- channel (l, u) x Y_lm, e3nn layout
+        g_idx, y_idx = [], []
+        c0 = 0
+        for l, m in enumerate(self.muls):
+            for u in range(m):
+                g_idx += [c0 + u] * (2 * l + 1)
+                y_idx += range(l * l, (l + 1) * (l + 1))
+            c0 += m
+        self.register_buffer("_g_idx", torch.tensor(g_idx, dtype=torch.long), persistent=False)
+        self.register_buffer("_y_idx", torch.tensor(y_idx, dtype=torch.long), persistent=False)
+        self.radial = FullyConnectedNet([n_radial, radial_hidden, n_ch], torch.nn.functional.silu)
+        self.norm = 1.0 / math.sqrt(float(avg_num_neighbors))
+
+    def forward(
+        self,
+        s: torch.Tensor,
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+    ) -> torch.Tensor:
+        """(A, n_scalars) -> (A, irreps_out); edge_sh (E, (lmax+1)^2), edge_radial (E, n)."""
+        g = self.lin(s)[edge_src] * self.radial(edge_radial)  # (E, n_ch)
+        msg = torch.index_select(g, 1, self._g_idx) * torch.index_select(edge_sh, 1, self._y_idx)
+        out = msg.new_zeros((s.shape[0], msg.shape[1])).index_add_(0, edge_dst, msg)
+        return out * self.norm
+
+
+class Interaction(nn.Module):
+    """One interaction block (MACE-lite).
+
+    1. Neighbour density A_i = sum_j R(r_ij) s_j Y(r_hat_ij) from the *scalar* features s_j of
+       the neighbours (:class:`EdgeDensity`; MACE's "L = 0 messages" choice: everything
+       per-edge is cheap, all angular coupling happens per atom).
+    2. Products with the atom's own equivariant features: a channel-wise ("uuu")
+       ``o3.TensorProduct`` of Linear(h_i) and Linear(A_i), restricted to the irreps needed
+       next (this creates three-body terms, pseudo-tensors such as 1e = 1o x 1o, and l up to
+       l_h + l_A).
+    3. ``o3.Linear`` of [A_i, products] plus an element-dependent self-interaction
+       (``FullyConnectedTensorProduct`` of h_i with the element one-hot), gated nonlinearity
+       (``e3nn.nn.Gate``), residual connection when input and output irreps agree.
+
+    Parameters
+    ----------
+    irreps_in, irreps_out
+        Node-feature irreps in and out.
+    lmax_sh
+        Maximum l of the neighbour density (the edge spherical harmonics).
+    edge_mul
+        Channels per l of the neighbour density (last entry repeats).
+    product_mul
+        Channels of the uuu product.
+    n_elements, n_radial, radial_hidden, avg_num_neighbors
+        As in :class:`DensityModel`.
+    element_self_interaction
+        Self-interaction as a ``FullyConnectedTensorProduct`` with the element one-hot (True),
+        or a plain ``o3.Linear`` (False: used for the readout block, whose output is several
+        times wider and is followed by per-element heads anyway).
+    """
+
+    def __init__(
+        self,
+        *,
+        irreps_in: o3.Irreps,
+        irreps_out: o3.Irreps,
+        lmax_sh: int,
+        edge_mul: Sequence[int],
+        product_mul: int,
+        n_elements: int,
+        n_radial: int,
+        radial_hidden: int,
+        avg_num_neighbors: float,
+        element_self_interaction: bool = True,
+    ) -> None:
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.n_scalars = sum(mul for mul, ir in self.irreps_in if ir == o3.Irrep("0e"))
+        if self.irreps_in[0][1] != o3.Irrep("0e") or self.n_scalars == 0:
+            raise ValueError("node irreps must start with the 0e scalars")
+        self.gate = _gate_for(self.irreps_out)
+        wanted = {ir for _, ir in self.gate.irreps_in}
+
+        # l of the neighbour density: up to what the output can use (directly, or via 1o x A^l)
+        lmax_a = min(int(lmax_sh), max(ir.l for _, ir in self.irreps_out) + 1)
+        muls = [int(edge_mul[min(l, len(edge_mul) - 1)]) for l in range(lmax_a + 1)]
+        self.edge = EdgeDensity(
+            n_scalars=self.n_scalars,
+            muls=muls,
+            n_radial=n_radial,
+            radial_hidden=radial_hidden,
+            avg_num_neighbors=avg_num_neighbors,
+        )
+        irreps_a = self.edge.irreps_out
+
+        # channel-wise products h_i x A_i -> irreps wanted by the gate
+        c = int(product_mul)
+        # the left factor is limited to l <= 1: 1o x A^l already gives every l +- 1 and every
+        # pseudo-tensor (1e, 2o, 3e, 4o), and l = 2 on the left would triple the path count
+        left = o3.Irreps([(c, ir) for ir in sorted({ir for _, ir in self.irreps_in if ir.l <= 1})])
+        right = o3.Irreps([(c, ir) for _, ir in irreps_a])
+        mid: list[tuple[int, o3.Irrep]] = []
+        instr: list[tuple[int, int, int, str, bool]] = []
+        for i, (_, ir1) in enumerate(left):
+            for j, (_, ir2) in enumerate(right):
+                for ir3 in ir1 * ir2:
+                    if ir3 in wanted:
+                        instr.append((i, j, len(mid), "uuu", True))
+                        mid.append((c, ir3))
+        reached = {ir for _, ir in mid} | {ir for _, ir in irreps_a}
+        missing = wanted - reached
+        if missing:
+            raise ValueError(
+                f"irreps {sorted(map(str, missing))} cannot be reached from {self.irreps_in} "
+                f"and l <= {lmax_sh}; raise lmax_sh or the l of hidden_irreps"
+            )
+        srt = o3.Irreps(mid).sort()
+        instr = [(i, j, srt.p[k], m, t) for i, j, k, m, t in instr]  # sorted[p[k]] = mid[k]
+        self.lin_left = o3.Linear(self.irreps_in, left)
+        self.lin_right = o3.Linear(irreps_a, right)
+        self.product = o3.TensorProduct(left, right, srt.irreps, instr)
+        self.irreps_cat = (irreps_a + srt.irreps).simplify()
+        self.lin_out = o3.Linear(irreps_a + srt.irreps, self.gate.irreps_in)
+        if element_self_interaction:
+            self.self_interaction = o3.FullyConnectedTensorProduct(
+                self.irreps_in, o3.Irreps(f"{n_elements}x0e"), self.gate.irreps_in
+            )
+        else:
+            self.self_interaction = o3.Linear(self.irreps_in, self.gate.irreps_in)
+        self.element_self_interaction = bool(element_self_interaction)
+        self.residual = self.irreps_in == self.irreps_out
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        node_attr: torch.Tensor,
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+    ) -> torch.Tensor:
+        """(A, irreps_in) node features -> (A, irreps_out)."""
+        a = self.edge(x[:, : self.n_scalars], edge_src, edge_dst, edge_sh, edge_radial)
+        p = self.product(self.lin_left(x), self.lin_right(a))
+        si = self.self_interaction(x, node_attr) if self.element_self_interaction else None
+        if si is None:
+            si = self.self_interaction(x)
+        out = self.lin_out(torch.cat([a, p], dim=1)) + si
+        out = self.gate(out)
+        return out + x if self.residual else out
+
+
+# ------------------------------------------------------------------------------------------
+# Response: irreps_Z (x) 1o and its inverse Clebsch-Gordan map
+# ------------------------------------------------------------------------------------------
+def response_irreps(irreps_z: o3.Irreps | str) -> tuple[o3.Irreps, torch.Tensor]:
+    """Decomposed irreps of irreps_Z (x) 1o (sorted, simplified) and the map back to a tensor.
+
+    Parameters
+    ----------
+    irreps_z
+        The element's density irreps (dimension d).
+
+    Returns
+    -------
+    irreps
+        The decomposition, sorted by (l, parity) and simplified (dimension 3 d).
+    W
+        (3 d, 3 d) float64, orthogonal: a vector z in the decomposition maps to the tensor
+        T = (z @ W).reshape(d, 3), T[mu, j] transforming as irreps_Z on mu and as 1o (e3nn
+        order = Cartesian x, y, z) on j.
+    """
+    irreps_z = o3.Irreps(irreps_z)
+    chunks: list[tuple[int, o3.Irrep]] = []
+    blocks: list[tuple[int, int, int, int]] = []  # (row offset mu, l, chunk offset, l_out)
+    mu0 = 0
+    one = o3.Irrep("1o")
+    for mul, ir in irreps_z:
+        for _ in range(mul):
+            for ir_out in ir * one:
+                blocks.append((mu0, ir.l, len(chunks), ir_out.l))
+                chunks.append((1, ir_out))
+            mu0 += ir.dim
+    irreps_u = o3.Irreps(chunks)
+    d = irreps_z.dim
+    w_u = torch.zeros(3 * d, d, 3, dtype=torch.float64)
+    offs = [0]
+    for _, ir in irreps_u:
+        offs.append(offs[-1] + ir.dim)
+    for mu, l, c, l_out in blocks:
+        cg = o3.wigner_3j(l, 1, l_out, dtype=torch.float64)  # (2l+1, 3, 2l_out+1)
+        w_u[offs[c] : offs[c] + 2 * l_out + 1, mu : mu + 2 * l + 1, :] = math.sqrt(
+            2 * l_out + 1
+        ) * cg.permute(2, 0, 1)
+    srt = irreps_u.sort()
+    rows = torch.cat(
+        [torch.arange(offs[srt.inv[k]], offs[srt.inv[k] + 1]) for k in range(len(irreps_u))]
+    )
+    w = w_u.reshape(3 * d, 3 * d)[rows]
+    return srt.irreps.simplify(), w
+
+
+def _readout_irreps(
+    irreps_by_element: Mapping[int, o3.Irreps],
+    readout_mul: Sequence[int],
+    readout_pseudo_mul: Sequence[int],
+    response: bool,
+) -> o3.Irreps:
+    needed: set[o3.Irrep] = set()
+    for irreps in irreps_by_element.values():
+        needed |= {ir for _, ir in irreps}
+        if response:
+            needed |= {ir for _, ir in response_irreps(irreps)[0]}
+    out = []
+    for ir in sorted(needed):
+        natural = ir.p == (-1) ** ir.l
+        muls = readout_mul if natural else readout_pseudo_mul
+        mul = int(muls[min(ir.l, len(muls) - 1)])
+        if mul <= 0:
+            raise ValueError(f"readout multiplicity for {ir} is {mul}, need > 0")
+        out.append((mul, ir))
+    return o3.Irreps(out)
+
+
+# ------------------------------------------------------------------------------------------
+# Constraints and observables (also used by the training code)
+# ------------------------------------------------------------------------------------------
+def _scatter_sum(x: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum (..., K) over its last axis into n bins -> (..., n)."""
+    out = x.new_zeros((*x.shape[:-1], n))
+    return out.index_add_(-1, index, x)
+
+
+def project_electron_count(
+    coeffs: torch.Tensor,
+    charge_ints: torch.Tensor,
+    coef_mol_index: torch.Tensor,
+    n_electrons: torch.Tensor,
+) -> torch.Tensor:
+    """Minimal Euclidean change of the coefficients so that q . c = N exactly, per molecule.
+
+    c <- c + q (N - q.c) / (q.q), molecule by molecule (sums in float64). A molecule whose q
+    is all zero (no charge integrals given) is left unchanged.
+
+    Parameters
+    ----------
+    coeffs
+        (..., M): coefficients, e3nn order; leading axes (e.g. 3 field directions) are
+        projected independently.
+    charge_ints
+        (M,): q_mu = int chi_mu.
+    coef_mol_index
+        (M,) long: molecule of every coefficient.
+    n_electrons
+        (B,) or (..., B): target electron count per molecule (0 for responses).
+
+    Returns
+    -------
+    torch.Tensor
+        (..., M) projected coefficients, dtype of ``coeffs``.
+    """
+    n_mol = int(n_electrons.shape[-1])
+    q64 = charge_ints.double()
+    qc = _scatter_sum(coeffs.double() * q64, coef_mol_index, n_mol)
+    qq = _scatter_sum(q64 * q64, coef_mol_index, n_mol)
+    lam = torch.where(qq > 0, (n_electrons.double() - qc) / qq.clamp_min(1e-300), 0.0)
+    return coeffs + (q64 * lam[..., coef_mol_index]).to(coeffs.dtype)
+
+
+def electron_count(
+    coeffs: torch.Tensor,
+    charge_ints: torch.Tensor,
+    coef_mol_index: torch.Tensor,
+    n_mol: int | None = None,
+) -> torch.Tensor:
+    """N = sum_mu q_mu c_mu per molecule, e.
+
+    Parameters
+    ----------
+    coeffs
+        (..., M): coefficients (or responses).
+    charge_ints
+        (M,): charge integrals.
+    coef_mol_index
+        (M,) long: molecule of every coefficient.
+    n_mol
+        Number of molecules B (default: max index + 1).
+
+    Returns
+    -------
+    torch.Tensor
+        (..., B).
+    """
+    n = int(coef_mol_index.max()) + 1 if n_mol is None else int(n_mol)
+    return _scatter_sum(coeffs * charge_ints, coef_mol_index, n)
+
+
+def dipole_au(
+    coeffs: torch.Tensor,
+    dipole_ints: torch.Tensor,
+    coef_mol_index: torch.Tensor,
+    numbers: torch.Tensor,
+    positions_bohr: torch.Tensor,
+    batch: torch.Tensor,
+    origin_bohr: torch.Tensor,
+) -> torch.Tensor:
+    """Dipole moment mu = sum_A Z_A (R_A - O) - sum_mu d_mu c_mu, e bohr, per molecule.
+
+    Parameters
+    ----------
+    coeffs
+        (M,): electron-density coefficients (e3nn order).
+    dipole_ints
+        (3, M): d_mu = int (r - O) chi_mu, bohr, about each molecule's ``origin_bohr``.
+    coef_mol_index
+        (M,) long.
+    numbers
+        (A,) long: nuclear charges Z_A.
+    positions_bohr
+        (A, 3) bohr.
+    batch
+        (A,) long: molecule of every atom.
+    origin_bohr
+        (B, 3) bohr.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, 3) e bohr.
+    """
+    n_mol = origin_bohr.shape[0]
+    z = numbers.to(positions_bohr.dtype)
+    nuc = z[:, None] * (positions_bohr - origin_bohr[batch])
+    nuc = positions_bohr.new_zeros((n_mol, 3)).index_add_(0, batch, nuc)
+    elec = _scatter_sum(dipole_ints * coeffs, coef_mol_index, n_mol)  # (3, B)
+    return nuc - elec.T
+
+
+def polarizability_au(
+    response: torch.Tensor,
+    dipole_ints: torch.Tensor,
+    coef_mol_index: torch.Tensor,
+    n_mol: int,
+    *,
+    symmetrize: bool = True,
+) -> torch.Tensor:
+    """Static polarizability alpha_ij = -sum_mu d_i,mu dc_mu/dE_j, bohr^3, per molecule.
+
+    Parameters
+    ----------
+    response
+        (3, M): response coefficients dc/dE_j (j = x, y, z), charge-neutral per molecule (then
+        the origin of ``dipole_ints`` does not matter).
+    dipole_ints
+        (3, M) bohr.
+    coef_mol_index
+        (M,) long.
+    n_mol
+        Number of molecules B.
+    symmetrize
+        Return (alpha + alpha^T) / 2.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, 3, 3) a0^3.
+    """
+    prod = dipole_ints[:, None, :] * response[None, :, :]  # (3 i, 3 j, M)
+    alpha = -_scatter_sum(prod, coef_mol_index, n_mol).permute(2, 0, 1)
+    if symmetrize:
+        alpha = 0.5 * (alpha + alpha.transpose(1, 2))
+    return alpha
+
+
+# ------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------
+class DensityModel(nn.Module):
+    """Equivariant network predicting density (and density-response) coefficients.
+
+    Parameters (keyword-only; defaults are ``PRESETS["default"]``)
+    ----------
+    irreps_by_element
+        Atomic number -> the element's aux irreps (string or ``o3.Irreps``), shells in PySCF
+        order, parity (-1)^l, e.g. ``{1: "3x0e+1x1o+1x2e", 6: "6x0e+4x1o+3x2e+1x3o+1x4e"}``.
+    aux_basis
+        Name of the auxiliary basis the irreps come from (recorded in the config only).
+    cutoff_bohr
+        Radius-graph cutoff, bohr.
+    n_radial
+        Number of Bessel functions.
+    envelope_p
+        Order of the polynomial envelope.
+    lmax_sh
+        Maximum l of the edge spherical harmonics (and of the neighbour density).
+    edge_mul
+        Channels per l of the neighbour density in every block (last entry repeats).
+    product_mul
+        Channels of the per-atom channel-wise tensor products.
+    embed_dim
+        Number of scalar features from the element embedding.
+    hidden_irreps
+        Node-feature irreps between interaction blocks.
+    n_layers
+        Number of interaction blocks (the last one outputs the readout irreps).
+    radial_hidden
+        Hidden width of the radial MLPs.
+    readout_mul, readout_pseudo_mul
+        Readout multiplicity per l for natural-parity irreps (l e, l odd -> o) and for
+        pseudo-tensors (needed by the response heads only); the last entry repeats.
+    avg_num_neighbors
+        Messages are divided by sqrt(avg_num_neighbors).
+    response
+        Build the density-response heads (and so the polarizability).
+    preset
+        Name of the preset the values came from (recorded in the config only).
+    """
+
+    def __init__(
+        self,
+        *,
+        irreps_by_element: Mapping[int, str | o3.Irreps],
+        aux_basis: str | None = None,
+        cutoff_bohr: float = PRESETS["default"]["cutoff_bohr"],
+        n_radial: int = PRESETS["default"]["n_radial"],
+        envelope_p: int = PRESETS["default"]["envelope_p"],
+        lmax_sh: int = PRESETS["default"]["lmax_sh"],
+        edge_mul: Sequence[int] = PRESETS["default"]["edge_mul"],
+        product_mul: int = PRESETS["default"]["product_mul"],
+        embed_dim: int = PRESETS["default"]["embed_dim"],
+        hidden_irreps: str = PRESETS["default"]["hidden_irreps"],
+        n_layers: int = PRESETS["default"]["n_layers"],
+        radial_hidden: int = PRESETS["default"]["radial_hidden"],
+        readout_mul: Sequence[int] = PRESETS["default"]["readout_mul"],
+        readout_pseudo_mul: Sequence[int] = PRESETS["default"]["readout_pseudo_mul"],
+        avg_num_neighbors: float = PRESETS["default"]["avg_num_neighbors"],
+        response: bool = PRESETS["default"]["response"],
+        preset: str | None = None,
+    ) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError("n_layers must be >= 1")
+        with _fast_e3nn_build():
+            self._build(
+                irreps_by_element=irreps_by_element,
+                aux_basis=aux_basis,
+                cutoff_bohr=cutoff_bohr,
+                n_radial=n_radial,
+                envelope_p=envelope_p,
+                lmax_sh=lmax_sh,
+                edge_mul=edge_mul,
+                product_mul=product_mul,
+                embed_dim=embed_dim,
+                hidden_irreps=hidden_irreps,
+                n_layers=n_layers,
+                radial_hidden=radial_hidden,
+                readout_mul=readout_mul,
+                readout_pseudo_mul=readout_pseudo_mul,
+                avg_num_neighbors=avg_num_neighbors,
+                response=response,
+                preset=preset,
+            )
+
+    def _build(
+        self,
+        *,
+        irreps_by_element: Mapping[int, str | o3.Irreps],
+        aux_basis: str | None,
+        cutoff_bohr: float,
+        n_radial: int,
+        envelope_p: int,
+        lmax_sh: int,
+        edge_mul: Sequence[int],
+        product_mul: int,
+        embed_dim: int,
+        hidden_irreps: str,
+        n_layers: int,
+        radial_hidden: int,
+        readout_mul: Sequence[int],
+        readout_pseudo_mul: Sequence[int],
+        avg_num_neighbors: float,
+        response: bool,
+        preset: str | None,
+    ) -> None:
+        irreps_el = {int(z): o3.Irreps(ir) for z, ir in sorted(irreps_by_element.items())}
+        for z, irreps in irreps_el.items():
+            for _, ir in irreps:
+                if ir.p != (-1) ** ir.l:
+                    raise ValueError(f"element {z}: {ir} does not have parity (-1)^l")
+        self.elements: list[int] = list(irreps_el)
+        self.irreps_by_element = irreps_el
+        self.element_dims: dict[int, int] = {z: ir.dim for z, ir in irreps_el.items()}
+        self.cutoff_bohr = float(cutoff_bohr)
+        self.has_response = bool(response)
+        self.config: dict[str, Any] = {
+            "irreps_by_element": {str(z): str(ir) for z, ir in irreps_el.items()},
+            "aux_basis": aux_basis,
+            "cutoff_bohr": float(cutoff_bohr),
+            "n_radial": int(n_radial),
+            "envelope_p": int(envelope_p),
+            "lmax_sh": int(lmax_sh),
+            "edge_mul": [int(m) for m in edge_mul],
+            "product_mul": int(product_mul),
+            "embed_dim": int(embed_dim),
+            "hidden_irreps": str(o3.Irreps(hidden_irreps)),
+            "n_layers": int(n_layers),
+            "radial_hidden": int(radial_hidden),
+            "readout_mul": [int(m) for m in readout_mul],
+            "readout_pseudo_mul": [int(m) for m in readout_pseudo_mul],
+            "avg_num_neighbors": float(avg_num_neighbors),
+            "response": bool(response),
+            "preset": preset,
+        }
+
+        # element index lookup (Z -> 0..n_el-1); -1 for unsupported elements
+        z_max = max(self.elements)
+        lookup = torch.full((z_max + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(self.elements)] = torch.arange(len(self.elements))
+        self.register_buffer("_element_lookup", lookup, persistent=False)
+
+        n_el = len(self.elements)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax_sh)
+        self.spherical_harmonics = o3.SphericalHarmonics(
+            self.irreps_sh, normalize=True, normalization="component"
+        )
+        self.radial_basis = RadialBasis(
+            n_radial=n_radial, cutoff_bohr=cutoff_bohr, envelope_p=envelope_p
+        )
+        self.irreps_embed = o3.Irreps(f"{embed_dim}x0e")
+        self.embedding = o3.Linear(o3.Irreps(f"{n_el}x0e"), self.irreps_embed)
+        self.irreps_readout = _readout_irreps(
+            irreps_el, readout_mul, readout_pseudo_mul, self.has_response
+        )
+        layers = []
+        irreps = self.irreps_embed
+        for k in range(n_layers):
+            out = self.irreps_readout if k == n_layers - 1 else o3.Irreps(hidden_irreps)
+            layers.append(
+                Interaction(
+                    irreps_in=irreps,
+                    irreps_out=out,
+                    lmax_sh=lmax_sh,
+                    edge_mul=edge_mul,
+                    product_mul=product_mul,
+                    n_elements=n_el,
+                    n_radial=n_radial,
+                    radial_hidden=radial_hidden,
+                    avg_num_neighbors=avg_num_neighbors,
+                    element_self_interaction=k < n_layers - 1,
+                )
+            )
+            irreps = out
+        self.layers = nn.ModuleList(layers)
+
+        readout_set = {ir for _, ir in self.irreps_readout}
+        self.heads = nn.ModuleDict()
+        self.response_heads = nn.ModuleDict()
+        # inverse CG maps: constants rebuilt from the config, kept in float64 outside the
+        # state_dict and out of reach of .to()/.float(), cast per call (float32-rounded maps
+        # would break float64 equivariance at the 1e-7 level)
+        self._cg_inv: dict[int, torch.Tensor] = {}
+        self._cg_cache: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        for z, irreps_z in irreps_el.items():
+            self.heads[str(z)] = o3.Linear(self.irreps_readout, irreps_z.simplify())
+            if self.has_response:
+                irreps_r, w = response_irreps(irreps_z)
+                assert {ir for _, ir in irreps_r} <= readout_set
+                self.response_heads[str(z)] = o3.Linear(self.irreps_readout, irreps_r)
+                self._cg_inv[z] = w
+
+    # ---- construction helpers ---------------------------------------------------------------
+    @classmethod
+    def from_preset(
+        cls,
+        name: str,
+        *,
+        irreps_by_element: Mapping[int, str | o3.Irreps],
+        aux_basis: str | None = None,
+        **overrides: Any,
+    ) -> DensityModel:
+        """Build from ``PRESETS[name]`` with keyword overrides."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        kwargs = {**copy.deepcopy(PRESETS[name]), **overrides}
+        return cls(irreps_by_element=irreps_by_element, aux_basis=aux_basis, preset=name, **kwargs)
+
+    @classmethod
+    def for_aux_basis(
+        cls, aux_basis: str, elements: Sequence[int | str], preset: str = "default", **overrides
+    ) -> DensityModel:
+        """Build for an aux basis by name (irreps from :mod:`densnet_core.basis`)."""
+        from densnet_core.basis import element_irreps
+
+        irreps = {}
+        for el in elements:
+            ir = o3.Irreps(element_irreps(el, aux_basis))
+            z = el if isinstance(el, int) else _symbol_to_z(el)
+            irreps[int(z)] = ir
+        return cls.from_preset(preset, irreps_by_element=irreps, aux_basis=aux_basis, **overrides)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DensityModel:
+        """Rebuild from ``model.config`` (e.g. after a JSON round trip; keys may be strings)."""
+        cfg = dict(config)
+        cfg["irreps_by_element"] = {int(z): ir for z, ir in cfg["irreps_by_element"].items()}
+        return cls(**cfg)
+
+    def collate(
+        self,
+        molecules: Sequence[MoleculeInput],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """:func:`densnet_core.graph.collate` with this model's element dims and cutoff."""
+        p = next(self.parameters())
+        return collate(
+            molecules,
+            element_dims=self.element_dims,
+            cutoff_bohr=self.cutoff_bohr,
+            dtype=p.dtype if dtype is None else dtype,
+            device=p.device if device is None else device,
+        )
+
+    # ---- forward ----------------------------------------------------------------------------
+    def _cg_matrix(self, z: int, like: torch.Tensor) -> torch.Tensor:
+        key = (z, like.dtype, like.device)
+        w = self._cg_cache.get(key)
+        if w is None:
+            w = self._cg_inv[z].to(dtype=like.dtype, device=like.device)
+            self._cg_cache[key] = w
+        return w
+
+    def node_features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Readout features (A, irreps_readout) of every atom."""
+        numbers = batch["numbers"]
+        pos = batch["positions_bohr"]
+        if "edge_index" in batch:
+            edge_index = batch["edge_index"]
+        else:
+            edge_index = radius_graph(pos, batch["batch"], self.cutoff_bohr)
+        src, dst = edge_index[0], edge_index[1]
+        lookup = self._element_lookup
+        el = lookup[numbers.clamp(0, lookup.shape[0] - 1)]
+        el = torch.where(numbers < lookup.shape[0], el, torch.full_like(el, -1))
+        if bool((el < 0).any()):
+            bad = sorted(set(numbers[el < 0].tolist()))
+            raise ValueError(f"elements {bad} are not supported by this model")
+        node_attr = torch.nn.functional.one_hot(el, len(self.elements)).to(pos.dtype)
+        vec = pos[src] - pos[dst]  # from the receiving atom to its neighbour
+        r = vec.norm(dim=-1)
+        edge_sh = self.spherical_harmonics(vec)
+        edge_radial = self.radial_basis(r)
+        x = self.embedding(node_attr)
+        for layer in self.layers:
+            x = layer(x, node_attr, src, dst, edge_sh, edge_radial)
+        return x
+
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], *, compute_response: bool | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Predict the density, its response and the observables for a batch.
+
+        Parameters
+        ----------
+        batch
+            From :func:`densnet_core.graph.collate` (keys and shapes there). Needs at least
+            numbers, positions_bohr, batch, coef_mol_index, n_electrons_ref, charge_ints,
+            dipole_ints, origin_bohr; prior_coeffs, edge_index and the per-element gather
+            indices are used when present and otherwise built.
+        compute_response
+            Also predict the response (default: when the model has response heads).
+
+        Returns
+        -------
+        dict
+            ``density_coeffs`` (M,), ``delta_coeffs`` (M,) (before the projection),
+            ``n_electrons`` (B,) e, ``dipole_au`` (B, 3) e bohr; with the response:
+            ``response_coeffs`` (3, M) dc/dE_j, ``polarizability_au`` (B, 3, 3) a0^3.
+        """
+        do_resp = self.has_response if compute_response is None else bool(compute_response)
+        if do_resp and not self.has_response:
+            raise ValueError("this model has no response heads")
+        feats = self.node_features(batch)
+        numbers = batch["numbers"]
+        n_coef = batch["coef_mol_index"].shape[0]
+        n_mol = batch["n_electrons_ref"].shape[0]
+        if any(k.startswith("elem") for k in batch):
+            gather = batch
+        else:
+            gather = element_gather_indices(numbers, batch["atom_coef_offset"], self.element_dims)
+
+        idx_l, val_l, ridx_l, rval_l = [], [], [], []
+        for z in self.elements:
+            key = f"elem{z}_atoms"
+            if key not in gather:
+                continue
+            atoms, coefs = gather[key], gather[f"elem{z}_coefs"]
+            f = feats[atoms]
+            idx_l.append(coefs)
+            val_l.append(self.heads[str(z)](f).reshape(-1))
+            if do_resp:
+                zr = self.response_heads[str(z)](f)  # (n_Z, 3 d)
+                t = zr @ self._cg_matrix(z, zr)  # (n_Z, 3 d) = (n_Z, d, 3) flat
+                ridx_l.append(coefs)
+                rval_l.append(t.reshape(-1, 3))
+        idx = torch.cat(idx_l)
+        delta = feats.new_zeros(n_coef).index_copy(0, idx, torch.cat(val_l))
+        prior = batch.get("prior_coeffs")
+        coeffs = delta if prior is None else prior + delta
+        q = batch["charge_ints"]
+        cmol = batch["coef_mol_index"]
+        coeffs = project_electron_count(coeffs, q, cmol, batch["n_electrons_ref"])
+        out = {
+            "density_coeffs": coeffs,
+            "delta_coeffs": delta,
+            "n_electrons": electron_count(coeffs, q, cmol, n_mol),
+            "dipole_au": dipole_au(
+                coeffs,
+                batch["dipole_ints"],
+                cmol,
+                numbers,
+                batch["positions_bohr"],
+                batch["batch"],
+                batch["origin_bohr"],
+            ),
+        }
+        if do_resp:
+            resp = feats.new_zeros((n_coef, 3)).index_copy(0, idx, torch.cat(rval_l)).T
+            resp = project_electron_count(resp, q, cmol, feats.new_zeros((3, n_mol)))
+            out["response_coeffs"] = resp
+            out["polarizability_au"] = polarizability_au(resp, batch["dipole_ints"], cmol, n_mol)
+        return out
+
+
+def _symbol_to_z(symbol: str) -> int:
+    from pyscf.data.elements import charge
+
+    return int(charge(symbol))

@@ -1,0 +1,520 @@
+"""The equivariant density network: symmetry, batching, smoothness, constraints, training.
+
+The element irreps come straight from PySCF's def2-universal-jfit shells (so these tests do not
+depend on ``densnet_core.basis``). Charge and dipole integrals are synthetic but have the exact
+structure of the real ones for spherical Gaussians: q_mu only on s functions, d_mu = q_mu
+(R_A - O) on s functions and c_mu * identity on p functions (e3nn order = x, y, z), so they
+rotate with the molecule exactly as the real integrals do.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from e3nn import o3
+from e3nn.util.test import assert_equivariant
+
+from densnet_core.graph import MoleculeInput, centre_of_nuclear_charge, collate, radius_graph
+from densnet_core.model import (
+    PRESETS,
+    DensityModel,
+    PolynomialEnvelope,
+    project_electron_count,
+    response_irreps,
+)
+
+AUX = "def2-universal-jfit"
+ELEMENTS = (1, 6, 7, 8)
+
+# geometries in bohr
+FORMALDEHYDE = (
+    np.array([6, 8, 1, 1]),
+    np.array([[0.0, 0.0, -1.0], [0.0, 0.1, 1.28], [1.77, 0.0, -2.1], [-1.70, 0.2, -2.0]]),
+)
+METHANOL = (
+    np.array([6, 8, 1, 1, 1, 1]),
+    np.array(
+        [
+            [-1.31, 0.02, 0.0],
+            [1.39, -0.21, 0.05],
+            [-2.06, 1.94, 0.1],
+            [-1.95, -0.92, 1.7],
+            [-2.0, -0.98, -1.62],
+            [2.05, 1.48, -0.2],
+        ]
+    ),
+)
+AMMONIUM = (  # charge +1, slightly distorted so that it has no symmetry
+    np.array([7, 1, 1, 1, 1]),
+    np.array(
+        [
+            [0.0, 0.0, 0.0],
+            [1.2, 1.2, 1.15],
+            [-1.2, -1.15, 1.2],
+            [-1.1, 1.2, -1.2],
+            [1.2, -1.2, -1.3],
+        ]
+    ),
+)
+WATER = (np.array([8, 1, 1]), np.array([[0.0, 0.0, 0.2], [1.43, 0.0, -0.9], [-1.45, 0.1, -0.85]]))
+
+
+@functools.cache
+def _pyscf_irreps(z: int) -> str:
+    from pyscf import df, gto
+
+    mol = gto.M(atom=f"{z} 0 0 0", basis="sto-3g", spin=z % 2)
+    aux = df.addons.make_auxmol(mol, AUX)
+    ls = [aux.bas_angular(i) for i in range(aux.nbas)]
+    return str(o3.Irreps("+".join(f"1x{l}{'e' if l % 2 == 0 else 'o'}" for l in ls)).simplify())
+
+
+def _irreps_by_element() -> dict[int, str]:
+    return {z: _pyscf_irreps(z) for z in ELEMENTS}
+
+
+def _element_tables(z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per element: q (M_Z,), p-dipole constants (M_Z,) (one per p component), SAD prior."""
+    irreps = o3.Irreps(_pyscf_irreps(z))
+    q = np.zeros(irreps.dim)
+    p = np.zeros(irreps.dim)
+    prior = np.zeros(irreps.dim)
+    i = 0
+    k = 0
+    for mul, ir in irreps:
+        for _ in range(mul):
+            k += 1
+            if ir.l == 0:
+                q[i] = 1.0 + 0.3 * k + 0.01 * z
+                prior[i] = z / 6.0 / (1.0 + k)
+            if ir.l == 1:
+                p[i : i + 3] = 0.5 + 0.1 * k
+            i += ir.dim
+    return q, p, prior
+
+
+def _integrals(numbers, positions, origin, xp=np):
+    """Synthetic (q (M,), d (3, M), prior (M,)) with the real integrals' structure."""
+    qs, ds, priors = [], [], []
+    for a, z in enumerate(numbers):
+        q, p, prior = _element_tables(int(z))
+        dim = q.shape[0]
+        if xp is torch:
+            q_t = torch.as_tensor(q, dtype=positions.dtype)
+            d = torch.zeros((3, dim), dtype=positions.dtype)
+            d = d + q_t[None, :] * (positions[a] - origin)[:, None]
+            pd = torch.zeros((3, dim), dtype=positions.dtype)
+            for i in np.nonzero(p)[0][::3]:
+                pd[:, i : i + 3] = p[i] * torch.eye(3, dtype=positions.dtype)
+            d = d + pd
+        else:
+            d = q[None, :] * (np.asarray(positions[a]) - np.asarray(origin))[:, None]
+            for i in np.nonzero(p)[0][::3]:
+                d[:, i : i + 3] += p[i] * np.eye(3)
+        qs.append(q)
+        ds.append(d)
+        priors.append(prior)
+    if xp is torch:
+        return (
+            torch.as_tensor(np.concatenate(qs), dtype=positions.dtype),
+            torch.cat(ds, dim=1),
+            torch.as_tensor(np.concatenate(priors), dtype=positions.dtype),
+        )
+    return np.concatenate(qs), np.concatenate(ds, axis=1), np.concatenate(priors)
+
+
+def _mol_input(numbers, positions, charge=0.0) -> MoleculeInput:
+    origin = centre_of_nuclear_charge(numbers, positions)
+    q, d, prior = _integrals(numbers, positions, origin)
+    return MoleculeInput(
+        numbers=numbers,
+        positions_bohr=positions,
+        charge=charge,
+        prior_coeffs=prior,
+        charge_ints=q,
+        dipole_ints=d,
+        origin_bohr=origin,
+    )
+
+
+def _mol_irreps(numbers) -> o3.Irreps:
+    return o3.Irreps("+".join(_pyscf_irreps(int(z)) for z in numbers))
+
+
+def _make_model(seed: int = 0, dtype=torch.float64, **overrides) -> DensityModel:
+    torch.manual_seed(seed)
+    model = DensityModel.from_preset(
+        "small", irreps_by_element=_irreps_by_element(), aux_basis=AUX, **overrides
+    )
+    return model.to(dtype)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """These are tiny graphs: intra-op threads only add sync overhead (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model64() -> DensityModel:
+    return _make_model(0, torch.float64).eval()
+
+
+def _random_rotation(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r))[None, :]
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _wigner_d(irreps: o3.Irreps, rot: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal D(rot) for ``irreps`` to float64 machine precision.
+
+    e3nn's ``Irreps.D_from_matrix`` is only good to ~2e-7 even in float64 (its J matrices are
+    stored in single precision), too coarse for 1e-10 checks. Here D^l comes from the real
+    spherical harmonics themselves, Y^l(R x) = D^l(R) Y^l(x), by least squares over random
+    points; the parity factor p^[det R < 0] is applied on top.
+    """
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    proper = rot * torch.sign(torch.det(rot))
+    blocks = []
+    for mul, ir in irreps:
+        y = o3.spherical_harmonics(ir.l, x, normalize=True)
+        y_rot = o3.spherical_harmonics(ir.l, x @ proper.T, normalize=True)
+        d = torch.linalg.lstsq(y, y_rot).solution.T
+        if torch.det(rot) < 0:
+            d = d * ir.p
+        blocks += [d] * mul
+    return torch.block_diag(*blocks)
+
+
+# ------------------------------------------------------------------------------------------
+def test_exact_wigner_d_helper_agrees_with_e3nn():
+    irreps = o3.Irreps("2x0e+1x1o+1x2e+1x3o+1x4e+1x1e+1x5o")
+    for rot in (_random_rotation(8), -_random_rotation(9)):
+        d = _wigner_d(irreps, rot)
+        assert torch.allclose(d, irreps.D_from_matrix(rot), atol=1e-5)
+        assert torch.allclose(d @ d.T, torch.eye(irreps.dim, dtype=torch.float64), atol=1e-12)
+
+
+def test_e3nn_l1_convention_is_cartesian_xyz():
+    """e3nn's l = 1 components are (x, y, z) and D^1(R) = R: the response's j is Cartesian."""
+    v = torch.eye(3, dtype=torch.float64)
+    y1 = o3.spherical_harmonics(1, v, normalize=True, normalization="component")
+    assert torch.allclose(y1, math.sqrt(3.0) * v)
+    rot = _random_rotation(1)
+    assert torch.allclose(o3.Irreps("1o").D_from_matrix(rot), rot, atol=1e-12)
+    assert torch.allclose(o3.Irreps("1o").D_from_matrix(-rot), -rot, atol=1e-12)
+
+
+def test_response_irreps_change_of_basis_is_exact_and_orthogonal():
+    irreps_z = o3.Irreps(_pyscf_irreps(6))
+    irreps_r, w = response_irreps(irreps_z)
+    d = irreps_z.dim
+    assert irreps_r.dim == 3 * d
+    assert torch.allclose(w @ w.T, torch.eye(3 * d, dtype=torch.float64), atol=1e-12)
+    # same decomposition as e3nn's own full tensor product
+    assert irreps_r == o3.FullTensorProduct(irreps_z, "1o").irreps_out.sort().irreps.simplify()
+    z = torch.randn(4, 3 * d, dtype=torch.float64)
+    for rot in (_random_rotation(2), -_random_rotation(3)):
+        t_rot = ((z @ _wigner_d(irreps_r, rot).T) @ w).reshape(4, d, 3)
+        t = (z @ w).reshape(4, d, 3)
+        expect = torch.einsum("ab,nbj,kj->nak", _wigner_d(irreps_z, rot), t, rot)
+        assert torch.allclose(t_rot, expect, atol=1e-10)
+    # a wrong (transposed) field convention would fail this
+    rot = _random_rotation(4)
+    bad = torch.einsum("ab,nbj,jk->nak", _wigner_d(irreps_z, rot), (z @ w).reshape(4, d, 3), rot)
+    assert not torch.allclose(((z @ _wigner_d(irreps_r, rot).T) @ w).reshape(4, d, 3), bad)
+
+
+def test_radius_graph_only_pairs_within_molecules():
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(11, 3, generator=g, dtype=torch.float64) * 2.0
+    pos[5:] += 0.5  # second molecule overlaps the first in space
+    batch = torch.tensor([0] * 5 + [1] * 4 + [2] * 2)
+    ei = radius_graph(pos, batch, 4.0)
+    got = {tuple(e) for e in ei.T.tolist()}
+    want = set()
+    for i in range(11):
+        for j in range(11):
+            if i != j and batch[i] == batch[j] and (pos[i] - pos[j]).norm() < 4.0:
+                want.add((j, i))
+    assert got == want
+    assert len(got) > 0
+
+
+def _equivariance_wrapper(
+    model: DensityModel, numbers: np.ndarray, pos0: np.ndarray, charge: float
+):
+    """f(positions "cartesian_points") -> (density irreps_mol, n_e 0e, dipole 1o, alpha 0e+2e)."""
+    base = collate(
+        [_mol_input(numbers, pos0, charge)],
+        element_dims=model.element_dims,
+        cutoff_bohr=None,
+        dtype=torch.float64,
+    )
+    rtp = o3.ReducedTensorProducts("ij=ji", i="1o")  # alpha -> 0e + 2e
+
+    def f(pos: torch.Tensor):
+        batch = dict(base)
+        batch["positions_bohr"] = pos
+        z = torch.as_tensor(numbers, dtype=pos.dtype)
+        origin = (z[:, None] * pos).sum(0) / z.sum()
+        q, d, prior = _integrals(numbers, pos, origin, xp=torch)
+        batch.update(charge_ints=q, dipole_ints=d, prior_coeffs=prior, origin_bohr=origin[None])
+        out = model(batch)
+        alpha = out["polarizability_au"][0]
+        alpha_sph = torch.einsum("ij,kij->k", alpha, rtp.change_of_basis.to(alpha.dtype))
+        return out["density_coeffs"], out["n_electrons"], out["dipole_au"][0], alpha_sph
+
+    irreps_out = [_mol_irreps(numbers), o3.Irreps("0e"), o3.Irreps("1o"), rtp.irreps_out]
+    return f, irreps_out
+
+
+@pytest.mark.parametrize("mol", ["formaldehyde", "methanol"])
+def test_assert_equivariant_rotations_inversion_translations(model64, mol):
+    numbers, pos = {"formaldehyde": FORMALDEHYDE, "methanol": METHANOL}[mol]
+    f, irreps_out = _equivariance_wrapper(model64, numbers, pos, 0.0)
+    torch.manual_seed(5)
+    errors = assert_equivariant(
+        f,
+        args_in=[torch.as_tensor(pos, dtype=torch.float64)],
+        irreps_in=["cartesian_points"],
+        irreps_out=irreps_out,
+        tolerance=1e-5,  # e3nn's float64 D_from_matrix is good to ~2e-7 only
+        ntrials=2,
+    )
+    assert set(errors) == {(0, False), (0, True), (1, False), (1, True)}  # parity tested
+
+
+def test_rotation_and_inversion_direct_wigner_d(model64):
+    numbers, pos = METHANOL
+    irreps = _mol_irreps(numbers)
+    out0 = model64(model64.collate([_mol_input(numbers, pos)]))
+    assert out0["density_coeffs"].abs().max() > 0.05
+    assert out0["response_coeffs"].abs().max() > 1e-3
+    for seed, sign in ((11, 1.0), (12, -1.0)):
+        rot = sign * _random_rotation(seed)
+        pos_r = pos @ rot.numpy().T
+        out = model64(model64.collate([_mol_input(numbers, pos_r)]))
+        dmat = _wigner_d(irreps, rot)
+        c = out0["density_coeffs"]
+        assert torch.allclose(out["density_coeffs"], dmat @ c, atol=1e-10)
+        resp = out0["response_coeffs"]  # (3 j, M)
+        assert torch.allclose(out["response_coeffs"], rot @ resp @ dmat.T, atol=1e-10)
+        alpha0 = out0["polarizability_au"][0]
+        assert torch.allclose(out["polarizability_au"][0], rot @ alpha0 @ rot.T, atol=1e-10)
+        assert torch.allclose(out["dipole_au"][0], rot @ out0["dipole_au"][0], atol=1e-10)
+        if sign < 0:  # parity really acts: l odd blocks flip, l even blocks do not
+            assert not torch.allclose(out["density_coeffs"], c, atol=1e-6)
+    alpha = out0["polarizability_au"][0]
+    assert torch.allclose(alpha, alpha.T, atol=1e-14)
+
+
+def test_permutation_of_atoms_permutes_blocks(model64):
+    numbers, pos = METHANOL
+    perm = np.array([3, 1, 5, 0, 2, 4])
+    out = model64(model64.collate([_mol_input(numbers, pos)]))
+    outp = model64(model64.collate([_mol_input(numbers[perm], pos[perm])]))
+    dims = [o3.Irreps(_pyscf_irreps(int(z))).dim for z in numbers]
+    offs = np.concatenate([[0], np.cumsum(dims)])
+    idx = np.concatenate([np.arange(offs[a], offs[a + 1]) for a in perm])
+    assert torch.allclose(outp["density_coeffs"], out["density_coeffs"][idx], atol=1e-10)
+    assert torch.allclose(outp["response_coeffs"], out["response_coeffs"][:, idx], atol=1e-10)
+    assert torch.allclose(outp["polarizability_au"], out["polarizability_au"], atol=1e-10)
+    assert torch.allclose(outp["dipole_au"], out["dipole_au"], atol=1e-10)
+
+
+def test_batched_equals_one_by_one(model64):
+    mols = [_mol_input(*FORMALDEHYDE), _mol_input(*AMMONIUM, charge=1.0), _mol_input(*METHANOL)]
+    batched = model64(model64.collate(mols))
+    assert batched["polarizability_au"].shape == (3, 3, 3)
+    start = 0
+    for b, mol in enumerate(mols):
+        single = model64(model64.collate([mol]))
+        n = single["density_coeffs"].shape[0]
+        sl = slice(start, start + n)
+        assert torch.allclose(batched["density_coeffs"][sl], single["density_coeffs"], atol=1e-10)
+        assert torch.allclose(
+            batched["response_coeffs"][:, sl], single["response_coeffs"], atol=1e-10
+        )
+        for key in ("dipole_au", "polarizability_au", "n_electrons"):
+            assert torch.allclose(batched[key][b], single[key][0], atol=1e-10)
+        start += n
+    assert start == batched["density_coeffs"].shape[0]
+
+
+def test_envelope_vanishes_smoothly():
+    env = PolynomialEnvelope(p=6)
+    x = torch.tensor([0.0, 0.5, 1.0 - 1e-4, 1.0, 1.2], dtype=torch.float64, requires_grad=True)
+    u = env(x)
+    (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+    (d2u,) = torch.autograd.grad(du.sum(), x)
+    assert u[0] == 1.0
+    assert 0.0 < u[1] < 1.0
+    assert abs(u[2]) < 1e-9 and u[3] == 0.0 and u[4] == 0.0
+    assert abs(du[2]) < 1e-5 and du[3] == 0.0  # u ~ 56 (1 - x)^3 near the cutoff
+    assert abs(d2u[2]) < 0.1 and abs(du[1]) > 0.1  # u'' ~ 336 (1 - x)
+
+
+def test_smooth_when_a_neighbour_crosses_the_cutoff(model64):
+    """Move an extra H along the C=O axis through r_c of the O atom (and only of O)."""
+    numbers0, pos0 = WATER
+    rc = model64.cutoff_bohr
+    axis = np.array([0.0, 0.0, 1.0])
+
+    def run(r: float) -> dict[str, torch.Tensor]:
+        numbers = np.append(numbers0, 1)
+        pos = np.vstack([pos0, pos0[0] + r * axis])
+        dists = np.linalg.norm(pos[:-1] - pos[-1], axis=1)
+        assert (np.sort(dists)[1] > rc + 0.1) and abs(dists[0] - r) < 1e-12
+        return model64(model64.collate([_mol_input(numbers, pos)]))
+
+    eps = 1e-4
+    inside, outside, near = run(rc - eps), run(rc + eps), run(rc - 1.0)
+    for key in ("density_coeffs", "response_coeffs"):
+        assert (inside[key] - outside[key]).abs().max() < 1e-10, key
+        assert (near[key] - outside[key]).abs().max() > 1e-6, key  # the test can fail
+    energy_like = [(o["density_coeffs"] ** 2).sum() for o in (inside, outside)]
+    assert abs(energy_like[0] - energy_like[1]) < 1e-10
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_electron_count_exact_and_response_neutral(dtype, tol):
+    model = _make_model(1, dtype).eval()
+    mols = [
+        _mol_input(*FORMALDEHYDE),
+        _mol_input(*AMMONIUM, charge=1.0),
+        _mol_input(*WATER, charge=-1.0),
+    ]
+    batch = model.collate(mols)
+    assert batch["positions_bohr"].dtype == dtype
+    out = model(batch)
+    assert out["density_coeffs"].dtype == dtype
+    want = torch.tensor([16.0, 10.0, 11.0], dtype=torch.float64)
+    q = batch["charge_ints"].double()
+    cmol = batch["coef_mol_index"]
+    n = torch.zeros(3, dtype=torch.float64).index_add_(0, cmol, q * out["density_coeffs"].double())
+    assert (n - want).abs().max() < tol
+    assert (out["n_electrons"].double() - want).abs().max() < tol
+    # the unconstrained prediction is off, so the projection did something
+    raw = batch["prior_coeffs"].double() + out["delta_coeffs"].double()
+    n_raw = torch.zeros(3, dtype=torch.float64).index_add_(0, cmol, q * raw)
+    assert (n_raw - want).abs().max() > 1e-3
+    resp_charge = torch.zeros(3, 3, dtype=torch.float64).index_add_(
+        1, cmol, q * out["response_coeffs"].double()
+    )
+    assert resp_charge.abs().max() < tol * 10
+    assert out["response_coeffs"].abs().max() > 1e-4
+
+
+def test_projection_is_minimal_change_along_q():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(7, generator=g, dtype=torch.float64)
+    q = torch.tensor([1.0, 0.0, 2.0, 0.5, 0.0, 1.0, 3.0], dtype=torch.float64)
+    mol = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    n = torch.tensor([3.0, -2.0], dtype=torch.float64)
+    c2 = project_electron_count(c, q, mol, n)
+    dc = c2 - c
+    assert torch.allclose(dc[[1, 4]], torch.zeros(2, dtype=torch.float64))  # q = 0: unchanged
+    for m in (0, 1):
+        sel = mol == m
+        assert torch.isclose((q[sel] * c2[sel]).sum(), n[m])
+        ratio = dc[sel][q[sel] != 0] / q[sel][q[sel] != 0]
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio))  # change is parallel to q
+
+
+def test_dipole_is_origin_independent_for_neutral_and_counts_nuclei(model64):
+    numbers, pos = FORMALDEHYDE
+    out = model64(model64.collate([_mol_input(numbers, pos)]))
+    mol2 = _mol_input(numbers, pos)
+    mol2.origin_bohr = np.array([1.0, -2.0, 0.5])
+    _, d2, _ = _integrals(numbers, pos, mol2.origin_bohr)
+    mol2.dipole_ints = d2
+    out2 = model64(model64.collate([mol2]))
+    assert torch.allclose(out["dipole_au"], out2["dipole_au"], atol=1e-10)
+
+
+def test_config_json_round_trip_and_clean_state_dict(model64):
+    cfg = json.loads(json.dumps(model64.config))
+    rebuilt = DensityModel.from_config(cfg).double()
+    state = model64.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert not any("cg_inv" in k or "lookup" in k for k in state)
+    rebuilt.load_state_dict(state)
+    batch = model64.collate([_mol_input(*METHANOL)])
+    a, b = model64(batch), rebuilt(batch)
+    for key in ("density_coeffs", "response_coeffs", "polarizability_au"):
+        assert torch.equal(a[key], b[key])
+    assert cfg["preset"] == "small" and cfg["aux_basis"] == AUX
+    assert set(PRESETS) >= {"small", "default"}
+
+
+def test_unsupported_element_is_a_clear_error(model64):
+    with pytest.raises(KeyError, match="element 17"):
+        model64.collate([_mol_input(np.array([6, 17]), np.array([[0, 0, 0], [3.3, 0, 0.0]]))])
+
+
+def test_training_overfits_three_molecules():
+    """Targets: prior + the Delta of a differently seeded model (an equivariant perturbation)."""
+    mols = [_mol_input(*FORMALDEHYDE), _mol_input(*AMMONIUM, charge=1.0), _mol_input(*WATER)]
+    teacher = _make_model(7, torch.float32).eval()
+    with torch.no_grad():
+        batch = teacher.collate(mols)
+        target = teacher(batch)
+    model = _make_model(3, torch.float32, response=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.99)
+
+    def loss_fn() -> torch.Tensor:
+        out = model(batch)
+        return ((out["density_coeffs"] - target["density_coeffs"]) ** 2).mean() + (
+            (out["response_coeffs"] - target["response_coeffs"]) ** 2
+        ).mean()
+
+    with torch.no_grad():
+        loss0 = float(loss_fn())
+    best = loss0
+    for _ in range(400):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        sched.step()
+        best = min(best, float(loss.detach()))
+        if best < loss0 / 300:
+            break
+    assert loss0 > 1e-4
+    assert best < loss0 / 100, (loss0, best)
+
+
+@pytest.mark.slow
+def test_default_preset_equivariant_float64():
+    torch.manual_seed(0)
+    model = DensityModel.from_preset("default", irreps_by_element=_irreps_by_element()).double()
+    f, irreps_out = _equivariance_wrapper(model.eval(), *AMMONIUM, 1.0)
+    assert_equivariant(
+        f,
+        args_in=[torch.as_tensor(AMMONIUM[1], dtype=torch.float64)],
+        irreps_in=["cartesian_points"],
+        irreps_out=irreps_out,
+        tolerance=1e-5,  # e3nn's float64 D_from_matrix is good to ~2e-7 only
+    )
+
+
+def test_model_is_copyable_and_float64_parameters(model64):
+    m2 = copy.deepcopy(model64)
+    assert all(p.dtype == torch.float64 for p in m2.parameters())
