@@ -12,14 +12,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from densnet_core import keys as K
-from densnet_core import qm
+from densnet_core import qm, store
 from densnet_core.basis import make_auxmol
 from densnet_core.fitting import CoulombFitter, fit_density, fit_error_percent, fit_response
 from densnet_core.level import LevelOfTheory
@@ -54,8 +55,7 @@ def failed_record_key(row: Mapping[str, Any]) -> str:
 
 def _empty_label(row: Mapping[str, Any], level: LevelOfTheory) -> dict[str, Any]:
     out = {col: _plain(row.get(col)) for col in _IDENTITY_COLUMNS}
-    if not out[K.CONFORMER_KEY]:
-        out[K.CONFORMER_KEY] = failed_record_key(row)
+    out[K.CONFORMER_KEY] = conformer_key_of(row)
     out.update(
         {
             K.LEVEL_OF_THEORY: level.label,
@@ -200,3 +200,104 @@ def _label_into(
         out[K.FIT_ERROR_PERCENT] = float(
             fit_error_percent(mol, dm, auxmol, fit.coeffs, grid_level=level.grid_level)
         )
+
+
+def finished_label_keys(labels: Any, level: LevelOfTheory) -> set[str]:
+    """Label keys already in a label dataset for ``level`` that need no recomputation.
+
+    ``ok`` labels and deterministic failures (SCF not converged, unsupported multiplicity,
+    records that failed upstream) are final; ``qm_failed`` (an exception, possibly transient:
+    memory, a killed worker) is retried on the next run.
+
+    Parameters
+    ----------
+    labels
+        The labels DataFrame (``store.read_dataset(labels_dir, "labels")``).
+    level
+        Only labels of this level of theory count.
+    """
+    if len(labels) == 0:
+        return set()
+    same = labels[labels[K.LEVEL_HASH] == level.hash]
+    final = same[same[K.STATUS] != K.STATUS_QM_FAILED]
+    return {label_key(key, level) for key in final[K.CONFORMER_KEY]}
+
+
+def conformer_key_of(row: Mapping[str, Any]) -> str:
+    """The row's ``conformer_key``, or :func:`failed_record_key` for a row without geometry."""
+    return str(row.get(K.CONFORMER_KEY) or failed_record_key(row))
+
+
+def row_label_key(row: Mapping[str, Any], level: LevelOfTheory) -> str:
+    """The label key a conformers-table row will get (see :func:`label_key`)."""
+    return label_key(conformer_key_of(row), level)
+
+
+def label_into_dataset(
+    rows: Iterable[Mapping[str, Any]],
+    labels_dir: str | os.PathLike[str],
+    level: LevelOfTheory,
+    *,
+    threads: int | None = None,
+    max_memory_mb: int = 4000,
+    skip_keys: Iterable[str] = (),
+    on_label: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Label conformer rows and append each finished label to a label dataset at once.
+
+    One part file per label, written atomically: a run killed half-way loses at most the label
+    in flight, and a rerun skips everything already written (pass
+    ``finished_label_keys(store.read_dataset(labels_dir), level)`` as ``skip_keys``).
+
+    Parameters
+    ----------
+    rows
+        Conformers-table rows.
+    labels_dir
+        The label dataset folder.
+    level
+        Level of theory.
+    threads, max_memory_mb
+        PySCF threads and memory per label.
+    skip_keys
+        Label keys (:func:`row_label_key`) not to compute again.
+    on_label
+        Called with a short summary (key, name, status, wall seconds) after each label.
+
+    Returns
+    -------
+    list[dict]
+        One summary per row: ``label_key``, ``name``, ``status``, ``error``, ``wall_seconds``,
+        ``skipped`` (True when the key was already done).
+    """
+    done = set(skip_keys)
+    summaries = []
+    for row in rows:
+        key = row_label_key(row, level)
+        if key in done:
+            summaries.append(
+                {
+                    "label_key": key,
+                    K.NAME: row.get(K.NAME),
+                    K.STATUS: "skipped",
+                    K.ERROR: "",
+                    K.WALL_SECONDS: 0.0,
+                    "skipped": True,
+                }
+            )
+            continue
+        label = label_conformer(row, level, threads=threads, max_memory_mb=max_memory_mb)
+        store.append_part([label], labels_dir, "labels")
+        done.add(key)
+        summary = {
+            "label_key": key,
+            K.NAME: label[K.NAME],
+            K.STATUS: label[K.STATUS],
+            K.ERROR: label[K.ERROR],
+            K.WALL_SECONDS: label[K.WALL_SECONDS],
+            "skipped": False,
+        }
+        summaries.append(summary)
+        if on_label is not None:
+            on_label(summary)
+    return summaries
