@@ -1,0 +1,147 @@
+"""``densnet train LABELS_DIR -o MODEL_DIR``: train (or resume, or fine-tune) a density model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _parse_level(text: str | None):
+    """--level: a JSON object of LevelOfTheory fields, or a path to a JSON file."""
+    if text is None:
+        return None
+    from pydantic import ValidationError
+
+    from densnet_core.level import LevelOfTheory
+
+    path = Path(text)
+    try:
+        raw = path.read_text() if path.is_file() else text
+        return LevelOfTheory(**json.loads(raw))
+    except (ValueError, TypeError, ValidationError) as exc:
+        raise _fail(f"--level: not a level of theory ({exc})") from None
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def train(
+    labels_dir: Annotated[Path, typer.Argument(help="Label store folder (densnet label -o ...).")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Model directory (resumed if it has a checkpoint)."),
+    ],
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:K.")] = "cpu",
+    init: Annotated[Path | None, typer.Option(help="Fine-tune from this model directory.")] = None,
+    preset: Annotated[str, typer.Option(help="Architecture preset: small or default.")] = "default",
+    epochs: Annotated[int, typer.Option(min=0, help="Planned epochs (cosine horizon).")] = 200,
+    batch_size: Annotated[int, typer.Option(min=1, help="Conformers per step.")] = 8,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
+    seed: Annotated[int, typer.Option(help="Seed (initialisation, split, batch order).")] = 0,
+    max_hours: Annotated[
+        float | None, typer.Option(min=0.0, help="Stop cleanly after this wall time.")
+    ] = None,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience, epochs.")] = 30,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Fraction of molecules for validation.")
+    ] = 0.1,
+    level: Annotated[
+        str | None,
+        typer.Option(
+            help="Level of theory of the labels: JSON of LevelOfTheory fields or a JSON file "
+            "[default: LABELS_DIR/level.json, else the default level]."
+        ),
+    ] = None,
+) -> None:
+    """Train the equivariant density model on a label store.
+
+    Writes MODEL_DIR/model.safetensors (best EMA weights), config.json and model_card.json, and
+    a checkpoint after every epoch; running the same command again resumes. Exits non-zero only
+    when the run fails (no usable labels, bad options, incompatible --init model).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    lvl = _parse_level(level)
+    if preset not in ("small", "default"):
+        raise _fail(f"--preset must be small or default, not {preset!r}")
+
+    from densnet_core.dataset import NoUsableLabelsError
+    from densnet_core.modelio import ModelFileError
+    from densnet_core.train import EpochReport, load_checkpoint
+    from densnet_core.train import train as run_training
+
+    if output.exists() and not output.is_dir():
+        raise _fail(f"output {output} exists and is not a folder")
+    if load_checkpoint(output) is not None:
+        console.print(f"[bold]resuming[/] the run in {output}")
+
+    def progress(r: EpochReport) -> None:
+        star = " [green]*best[/]" if r.improved else ""
+        console.print(
+            f"epoch {r.epoch:>4}/{r.epochs}  train {_fmt(r.train_loss, 4)}  "
+            f"val {_fmt(r.val_loss, 4)}  val dipole MAE {_fmt(r.val_dipole_mae_debye)} D  "
+            f"val α MAPE {_fmt(r.val_alpha_mape_pct)} %  lr {r.lr:.2e}  {r.seconds:.1f} s{star}",
+            highlight=False,
+        )
+
+    try:
+        result = run_training(
+            labels_dir,
+            output,
+            level=lvl,
+            preset=preset,
+            device=device,
+            init=init,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            max_hours=max_hours,
+            patience=patience,
+            val_fraction=val_fraction,
+            progress=progress,
+            status=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False),
+        )
+    except NoUsableLabelsError as exc:
+        raise _fail(str(exc)) from None
+    except (ModelFileError, ValueError, RuntimeError, KeyError) as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}", code=1) from None
+
+    table = Table(title="validation (best epoch): model vs SAD prior")
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    table.add_column("prior", justify="right")
+    val = result.metrics.get("validation") or result.metrics["train"]
+    for key, label in (
+        ("density_coulomb", "density (dρ|dρ)/N_e, Eh/e"),
+        ("density_nmae_pct", "density NMAE, %"),
+        ("dipole_mae_debye", "dipole MAE, D"),
+        ("alpha_iso_mae_au", "α_iso MAE, a0³"),
+        ("alpha_iso_mape_pct", "α_iso MAPE, %"),
+        ("alpha_aniso_mae_au", "Δα MAE, a0³"),
+    ):
+        table.add_row(label, _fmt(val["model"][key]), _fmt(val["prior"][key]))
+    Console().print(table)
+    card = result.info.card
+    Console().print(
+        f"{result.stopped}: best epoch {result.best_epoch} of {result.epochs_run}; "
+        f"{card['n_train_molecules']} training / {card['n_val_molecules']} validation molecules "
+        f"({card['n_train_conformers']} / {card['n_val_conformers']} conformers)"
+        + ("" if result.metrics.get("validation") else " — no validation molecules: train metrics")
+        + f"\nmodel {result.info.model_id} in {result.model_dir}",
+        highlight=False,
+    )
