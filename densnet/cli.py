@@ -15,3 +15,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _densnet() -> None:
+    """Electronic observables of molecules from a machine-learned electron density."""
+    # A callback keeps `densnet` a command group even while only one sub-command exists
+    # (typer otherwise runs a lone command directly, and `densnet conformers ...` breaks).
+
+
+from densnet.commands.conformers import conformers  # noqa: E402 - light import (typer only)
+
+app.command("conformers")(conformers)
+
+from densnet.commands.train import train  # noqa: E402 - light import (typer only)
+
+app.command("train")(train)
+
+from densnet.commands.label import label  # noqa: E402 - light import (typer only)
+
+app.command("label")(label)

@@ -1,0 +1,819 @@
+"""Stage 1: from input records (SMILES, SDF) to 3D conformers, one table row per conformer.
+
+For each record:
+
+1. parse (SMILES with RDKit; SDF molblocks with ``removeHs=False``);
+2. keep the largest organic fragment (salts, solvents) and say what was removed;
+3. charge = sum of formal charges, multiplicity = radical electrons + 1 (high spin);
+4. reject unsupported elements and molecules above ``max_heavy_atoms``;
+5. flag unassigned stereo elements (they are embedded as RDKit picks them);
+6. embed with ETKDGv3 (fixed seed, random-coordinate fallback), optimise with MMFF94
+   (UFF where MMFF has no parameters), prune near-duplicates by heavy-atom RMSD, keep the
+   ``n_conformers`` lowest in energy, ``conformer_id`` 0 = lowest.
+
+SDF records with 3D coordinates are used as they are (no re-embedding, ``force_field="none"``;
+the MMFF94 single-point energy is reported when MMFF has parameters). 2D SDF records are
+embedded from their connectivity, and the ``input_note`` column says so.
+
+Nothing raises out of :func:`process_batch` for a problem of one record: that record gets a
+row with ``status != "ok"`` and a readable ``error``. Coordinates are in Å and energies in
+kcal/mol here (RDKit's units); the QM stages convert to atomic units.
+
+Parallelism: RDKit holds the GIL while embedding, so molecules are spread over *processes*
+(:func:`process_records`, :func:`shared_pool`); each worker handles a whole batch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+from rdkit import Chem, RDLogger, rdBase
+from rdkit.Chem import rdDistGeom, rdForceFieldHelpers, rdMolAlign
+
+from densnet_core import keys as K
+from densnet_core.inputs import InputRecord, as_record, split_batches
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F", "P", "S", "Cl", "Br")
+DEFAULT_SEED = 0xD5
+DEFAULT_MMFF_MAX_ITERS = 200
+
+#: extra (undeclared) column of the conformers table: remarks about the input record
+INPUT_NOTE = K.INPUT_NOTE
+
+_TIMESTAMP = re.compile(r"^\[\d\d:\d\d:\d\d\]\s*")
+
+
+# --- identity --------------------------------------------------------------------------------
+def conformer_key(
+    numbers: Sequence[int],
+    positions_angstrom: Sequence[Sequence[float]] | np.ndarray,
+    charge: int,
+    multiplicity: int,
+) -> str:
+    """Deduplication key of a conformer.
+
+    Parameters
+    ----------
+    numbers
+        Atomic numbers, shape (N,).
+    positions_angstrom
+        Cartesian coordinates, shape (N, 3), Å. Rounded to 1e-4 Å; ``-0.0`` and ``0.0`` agree.
+    charge
+        Total charge, e.
+    multiplicity
+        Spin multiplicity 2S + 1.
+
+    Returns
+    -------
+    str
+        The first 20 hex digits of the SHA-1 of the canonical text of the inputs.
+    """
+    pos = np.asarray(positions_angstrom, dtype=np.float64).reshape(-1, 3)
+    pos = np.round(pos, 4) + 0.0  # + 0.0 turns -0.0 into 0.0
+    text = ",".join(str(int(z)) for z in numbers)
+    coords = ",".join(f"{v:.4f}" for v in pos.ravel())
+    coords = coords.replace("-0.0000", "0.0000")
+    payload = f"{text}|{coords}|{int(charge)}|{int(multiplicity)}"
+    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def fallback_mol_id(raw_text: str) -> str:
+    """``record-<sha1(raw input text)[:14]>``: the id of a record without an InChIKey."""
+    return "record-" + hashlib.sha1(raw_text.encode("utf-8", "replace")).hexdigest()[:14]
+
+
+# --- rows ------------------------------------------------------------------------------------
+def _base_row(record: InputRecord) -> dict[str, Any]:
+    """A row with every declared column at its 'nothing computed' value."""
+    input_smiles = record.smiles if record.smiles is not None else record.name
+    return {
+        K.RECORD_INDEX: record.record_index,
+        K.NAME: record.name,
+        K.SMILES: record.smiles or "",
+        K.MOL_ID: fallback_mol_id(record.raw_text),
+        K.CONFORMER_ID: 0,
+        K.CONFORMER_KEY: "",
+        K.CHARGE: 0,
+        K.MULTIPLICITY: 1,
+        K.NUMBERS: [],
+        K.POSITIONS_ANGSTROM: [],
+        K.INPUT_SMILES: input_smiles,
+        K.N_HEAVY_ATOMS: 0,
+        K.MMFF_ENERGY_KCAL: math.nan,
+        K.FORCE_FIELD: "none",
+        K.FRAGMENT_NOTE: "",
+        K.STEREO_NOTE: "",
+        K.STATUS: K.STATUS_OK,
+        K.ERROR: "",
+        INPUT_NOTE: record.note,
+    }
+
+
+def _fail(row: dict[str, Any], status: str, error: str) -> list[dict[str, Any]]:
+    row[K.STATUS] = status
+    row[K.ERROR] = error
+    return [row]
+
+
+def _join_notes(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def _clean_log(messages: str) -> str:
+    """RDKit's captured log → one readable line (timestamps and echo lines removed)."""
+    lines = []
+    for line in messages.splitlines():
+        line = _TIMESTAMP.sub("", line).strip()
+        line = line.removeprefix("SMILES Parse Error:").strip()
+        if not line or line.startswith("check for mistakes") or set(line) <= {"~", "^"}:
+            continue
+        lines.append(line)
+    return lines[0] if lines else ""
+
+
+# --- chemistry helpers -----------------------------------------------------------------------
+def _parse_smiles(smiles: str) -> tuple[Chem.Mol | None, str]:
+    """Parse and sanitise; returns (mol, reason) with mol None and a reason on failure."""
+    if not smiles.strip():
+        return None, "empty SMILES"
+    with rdBase.CaptureErrorLog() as capture:
+        mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return None, _clean_log(capture.messages) or "RDKit could not parse it"
+    if mol.GetNumAtoms() == 0:
+        return None, "no atoms"
+    return mol, ""
+
+
+def _fragment_smiles(frag: Chem.Mol) -> str:
+    try:
+        return Chem.MolToSmiles(Chem.RemoveHs(frag, sanitize=False))
+    except Exception:
+        return Chem.MolToSmiles(frag)
+
+
+def keep_largest_fragment(mol: Chem.Mol) -> tuple[Chem.Mol, str]:
+    """Keep the largest organic fragment of a salt or mixture.
+
+    Fragments containing carbon are preferred; among them the one with the most heavy atoms
+    (then most atoms, then first in the input) is kept. Conformers are kept with the fragment.
+
+    Returns
+    -------
+    (Chem.Mol, str)
+        The kept fragment and a note of what was removed ("" for a single fragment).
+    """
+    frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    if len(frags) == 1:
+        return mol, ""
+
+    def rank(i: int) -> tuple[int, int, int, int]:
+        f = frags[i]
+        has_carbon = any(a.GetAtomicNum() == 6 for a in f.GetAtoms())
+        return (int(has_carbon), f.GetNumHeavyAtoms(), f.GetNumAtoms(), -i)
+
+    best = max(range(len(frags)), key=rank)
+    removed = Counter(_fragment_smiles(frags[i]) for i in range(len(frags)) if i != best)
+    text = ", ".join(s if c == 1 else f"{s} x{c}" for s, c in removed.items())
+    kept = Chem.Mol(frags[best])
+    kept.UpdatePropertyCache(strict=False)
+    return kept, f"kept largest fragment; removed: {text}"
+
+
+def charge_and_multiplicity(mol: Chem.Mol) -> tuple[int, int]:
+    """Total formal charge (e) and spin multiplicity (radical electrons + 1, high spin)."""
+    charge = sum(a.GetFormalCharge() for a in mol.GetAtoms())
+    radicals = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
+    return int(charge), int(radicals) + 1
+
+
+def unsupported_elements(mol: Chem.Mol, supported: Iterable[str]) -> list[str]:
+    """Element symbols of ``mol`` not in ``supported``, in order of first appearance."""
+    allowed = set(supported)
+    seen: dict[str, None] = {}
+    for atom in mol.GetAtoms():
+        symbol = atom.GetSymbol()
+        if symbol not in allowed:
+            seen[symbol] = None
+    return list(seen)
+
+
+def stereo_note(mol: Chem.Mol) -> str:
+    """Describe the unassigned stereocentres and double bonds of ``mol`` ("" if none)."""
+    try:
+        infos = Chem.FindPotentialStereo(mol)
+    except Exception:
+        return ""
+    atoms = [
+        int(si.centeredOn)
+        for si in infos
+        if si.type == Chem.StereoType.Atom_Tetrahedral
+        and si.specified == Chem.StereoSpecified.Unspecified
+    ]
+    bonds = [
+        int(si.centeredOn)
+        for si in infos
+        if si.type == Chem.StereoType.Bond_Double
+        and si.specified == Chem.StereoSpecified.Unspecified
+    ]
+    parts = []
+    if atoms:
+        noun = "stereocentre" if len(atoms) == 1 else "stereocentres"
+        label = "atom" if len(atoms) == 1 else "atoms"
+        parts.append(
+            f"{len(atoms)} unassigned {noun} embedded at random: "
+            f"{label} {', '.join(map(str, atoms))}"
+        )
+    if bonds:
+        noun = "double bond" if len(bonds) == 1 else "double bonds"
+        label = "bond" if len(bonds) == 1 else "bonds"
+        parts.append(
+            f"{len(bonds)} unassigned {noun} embedded at random: "
+            f"{label} {', '.join(map(str, bonds))}"
+        )
+    return "; ".join(parts)
+
+
+def _inchikey(mol: Chem.Mol) -> str:
+    try:
+        with rdBase.CaptureErrorLog():
+            key = Chem.MolToInchiKey(mol)
+    except Exception:
+        return ""
+    return key or ""
+
+
+def _identity(row: dict[str, Any], mol: Chem.Mol) -> None:
+    """Fill smiles, mol_id, charge, multiplicity and n_heavy_atoms from ``mol`` (no Hs)."""
+    try:
+        row[K.SMILES] = Chem.MolToSmiles(mol)
+    except Exception:
+        pass
+    key = _inchikey(mol)
+    if key:
+        row[K.MOL_ID] = key
+    row[K.CHARGE], row[K.MULTIPLICITY] = charge_and_multiplicity(mol)
+    row[K.N_HEAVY_ATOMS] = int(mol.GetNumHeavyAtoms())
+
+
+_CHIRAL_CHECKS = ("CHECK_TETRAHEDRAL_CENTERS", "CHECK_CHIRAL_CENTERS", "CHECK_CHIRAL_CENTERS2")
+
+
+def _failure_causes(params: rdDistGeom.EmbedParameters) -> list[tuple[int, str]]:
+    names = rdDistGeom.EmbedFailureCauses.names
+    counts = params.GetFailureCounts()
+    return sorted(
+        ((int(c), name) for name, c in zip(names, counts, strict=False) if c), reverse=True
+    )
+
+
+def _embed(
+    mol_h: Chem.Mol, n_embed: int, seed: int, *, fallback: bool = True
+) -> tuple[list[int], str]:
+    """ETKDGv3 embedding with a random-coordinate fallback. Returns (conformer ids, reason).
+
+    The fallback is skipped when many attempts failed on the chirality checks: random
+    starting coordinates do not make an impossible stereoisomer possible (and take long).
+    """
+    params = rdDistGeom.ETKDGv3()
+    params.randomSeed = int(seed)
+    params.numThreads = 1
+    params.clearConfs = True
+    params.trackFailures = fallback
+    cids = list(rdDistGeom.EmbedMultipleConfs(mol_h, n_embed, params))
+    if cids or not fallback:
+        return cids, ""
+    causes = _failure_causes(params)
+    chiral = sum(c for c, name in causes if name in _CHIRAL_CHECKS)
+    if not causes or chiral < 0.25 * sum(c for c, _ in causes):
+        params = rdDistGeom.ETKDGv3()
+        params.randomSeed = int(seed)
+        params.numThreads = 1
+        params.useRandomCoords = True
+        params.trackFailures = True
+        cids = list(rdDistGeom.EmbedMultipleConfs(mol_h, n_embed, params))
+        if cids:
+            return cids, ""
+        causes = _failure_causes(params)
+        reason = "ETKDGv3 found no 3D embedding (also with random starting coordinates)"
+    else:
+        reason = (
+            "ETKDGv3 found no 3D embedding with the specified stereochemistry "
+            "(is that stereoisomer geometrically possible?)"
+        )
+    detail = ", ".join(f"{name} x{c}" for c, name in causes[:3])
+    return [], f"{reason}; failed checks: {detail}" if detail else reason
+
+
+def _specified_stereo(mol: Chem.Mol) -> tuple[set[int], set[int]]:
+    """Indices of the atoms and double bonds whose stereo the input specifies."""
+    atoms: set[int] = set()
+    bonds: set[int] = set()
+    for si in Chem.FindPotentialStereo(mol):
+        if si.specified != Chem.StereoSpecified.Specified:
+            continue
+        if si.type == Chem.StereoType.Atom_Tetrahedral:
+            atoms.add(int(si.centeredOn))
+        elif si.type == Chem.StereoType.Bond_Double:
+            bonds.add(int(si.centeredOn))
+    return atoms, bonds
+
+
+def _stereo_kept(mol: Chem.Mol, mol_h: Chem.Mol, stereo: tuple[set[int], set[int]]) -> bool:
+    """True if every conformer of ``mol_h`` has the stereo ``mol`` specifies.
+
+    ``mol_h`` is ``mol`` with hydrogens appended (same heavy-atom indices).
+    """
+    atoms, bonds = stereo
+    if not atoms and not bonds:
+        return True
+    expected = Chem.MolToSmiles(mol)
+    heavy = Chem.RemoveHs(mol_h, sanitize=False)
+    for conf in heavy.GetConformers():
+        m3 = Chem.Mol(heavy, confId=conf.GetId())
+        Chem.AssignStereochemistryFrom3D(m3, confId=conf.GetId())
+        for atom in m3.GetAtoms():
+            if atom.GetIdx() not in atoms:
+                atom.SetChiralTag(Chem.ChiralType.CHI_UNSPECIFIED)
+        for bond in m3.GetBonds():
+            if bond.GetIdx() not in bonds and bond.GetBondType() == Chem.BondType.DOUBLE:
+                bond.SetStereo(Chem.BondStereo.STEREONONE)
+        Chem.AssignStereochemistry(m3, cleanIt=True, force=True)
+        if Chem.MolToSmiles(m3) != expected:
+            return False
+    return True
+
+
+def _optimise(mol_h: Chem.Mol, max_iters: int) -> tuple[str, list[tuple[int, float]], str]:
+    """Optimise every conformer in place. Returns (force field, [(not_converged, E_kcal)], note)."""
+    if rdForceFieldHelpers.MMFFHasAllMoleculeParams(mol_h):
+        res = rdForceFieldHelpers.MMFFOptimizeMoleculeConfs(mol_h, numThreads=1, maxIters=max_iters)
+        return "MMFF94", [(int(c), float(e)) for c, e in res], ""
+    if rdForceFieldHelpers.UFFHasAllMoleculeParams(mol_h):
+        res = rdForceFieldHelpers.UFFOptimizeMoleculeConfs(mol_h, numThreads=1, maxIters=max_iters)
+        return "UFF", [(int(c), float(e)) for c, e in res], "no MMFF94 parameters; used UFF"
+    n = mol_h.GetNumConformers()
+    return "none", [(0, math.nan)] * n, "no MMFF94 or UFF parameters; geometry not optimised"
+
+
+def _select(
+    mol_h: Chem.Mol, energies: list[float], n_keep: int, rms_prune_angstrom: float
+) -> list[int]:
+    """Conformer indices sorted by energy, near-duplicates (heavy-atom RMSD) pruned."""
+    order = sorted(range(len(energies)), key=lambda i: (math.isnan(energies[i]), energies[i]))
+    if n_keep <= 1 or len(order) <= 1:
+        return order[:n_keep]
+    heavy = Chem.RemoveHs(mol_h, sanitize=False)
+    conf_ids = [c.GetId() for c in mol_h.GetConformers()]
+    kept: list[int] = []
+    for i in order:
+        if rms_prune_angstrom > 0 and any(
+            rdMolAlign.GetBestRMS(heavy, heavy, conf_ids[i], conf_ids[j]) < rms_prune_angstrom
+            for j in kept
+        ):
+            continue
+        kept.append(i)
+        if len(kept) == n_keep:
+            break
+    return kept
+
+
+def _conformer_rows(
+    row: dict[str, Any],
+    mol_h: Chem.Mol,
+    picks: list[int],
+    energies: list[float],
+    force_field: str,
+) -> list[dict[str, Any]]:
+    numbers = [int(a.GetAtomicNum()) for a in mol_h.GetAtoms()]
+    confs = list(mol_h.GetConformers())
+    rows = []
+    for new_id, i in enumerate(picks):
+        pos = confs[i].GetPositions()
+        out = dict(row)
+        out[K.CONFORMER_ID] = new_id
+        out[K.NUMBERS] = numbers
+        out[K.POSITIONS_ANGSTROM] = pos.tolist()
+        out[K.MMFF_ENERGY_KCAL] = energies[i]
+        out[K.FORCE_FIELD] = force_field
+        out[K.CONFORMER_KEY] = conformer_key(numbers, pos, row[K.CHARGE], row[K.MULTIPLICITY])
+        rows.append(out)
+    return rows
+
+
+def _check_molecule(
+    row: dict[str, Any],
+    mol: Chem.Mol,
+    supported_elements: Sequence[str],
+    max_heavy_atoms: int,
+) -> list[dict[str, Any]] | None:
+    """Element and size checks; returns failure rows, or None when the molecule is fine."""
+    bad = unsupported_elements(mol, supported_elements)
+    if bad:
+        return _fail(
+            row,
+            K.STATUS_UNSUPPORTED_ELEMENT,
+            f"unsupported element(s): {', '.join(bad)} (supported: {' '.join(supported_elements)})",
+        )
+    n_heavy = mol.GetNumHeavyAtoms()
+    if n_heavy > max_heavy_atoms:
+        return _fail(
+            row,
+            K.STATUS_TOO_LARGE,
+            f"{n_heavy} heavy atoms (limit {max_heavy_atoms})",
+        )
+    return None
+
+
+def _embed_and_optimise(
+    row: dict[str, Any],
+    mol: Chem.Mol,
+    *,
+    n_conformers: int,
+    seed: int,
+    rms_prune_angstrom: float,
+    mmff_max_iters: int,
+) -> list[dict[str, Any]]:
+    n_embed = 1 if n_conformers <= 1 else max(2 * n_conformers, n_conformers + 3)
+    # Fast path: embed the heavy atoms (about half the cost), place the hydrogens
+    # geometrically, and let the force field relax everything. If that fails or loses a
+    # stereo element the input specifies, embed with explicit hydrogens as usual.
+    stereo = _specified_stereo(mol)
+    optimised = None
+    if mol.GetNumAtoms() > 1:
+        heavy = Chem.Mol(mol)
+        cids, _ = _embed(heavy, n_embed, seed, fallback=False)
+        if cids:
+            mol_h = Chem.AddHs(heavy, addCoords=True)
+            optimised = (mol_h, *_optimise(mol_h, mmff_max_iters))
+            if not _stereo_kept(mol, mol_h, stereo):
+                optimised = None
+    if optimised is None:
+        mol_h = Chem.AddHs(mol)
+        cids, reason = _embed(mol_h, n_embed, seed)
+        if not cids:
+            return _fail(row, K.STATUS_EMBEDDING_FAILED, reason)
+        optimised = (mol_h, *_optimise(mol_h, mmff_max_iters))
+        if not _stereo_kept(mol, mol_h, stereo):
+            return _fail(
+                row,
+                K.STATUS_EMBEDDING_FAILED,
+                "the optimised geometry does not have the stereochemistry the SMILES specifies "
+                "(is that stereoisomer geometrically possible?)",
+            )
+    mol_h, force_field, results, ff_note = optimised
+    energies = [e for _, e in results]
+    picks = _select(mol_h, energies, n_conformers, rms_prune_angstrom)
+    if ff_note:
+        row[INPUT_NOTE] = _join_notes(row[INPUT_NOTE], ff_note)
+    return _conformer_rows(row, mol_h, picks, energies, force_field)
+
+
+# --- one record ------------------------------------------------------------------------------
+def generate_conformers(
+    record: InputRecord | Mapping[str, Any] | str,
+    *,
+    n_conformers: int = 1,
+    seed: int = DEFAULT_SEED,
+    max_heavy_atoms: int = 100,
+    supported_elements: Sequence[str] = DEFAULT_ELEMENTS,
+    rms_prune_angstrom: float = 0.5,
+    mmff_max_iters: int = DEFAULT_MMFF_MAX_ITERS,
+) -> list[dict[str, Any]]:
+    """Conformers-table rows for one input record.
+
+    Parameters
+    ----------
+    record
+        An :class:`~densnet_core.inputs.InputRecord`, its dict form, or a SMILES string.
+    n_conformers
+        Conformers to keep (fewer when pruning leaves fewer distinct ones).
+    seed
+        ETKDG random seed; the same record and seed give the same conformers.
+    max_heavy_atoms
+        Larger molecules get ``status="too_large"``.
+    supported_elements
+        Element symbols allowed in the kept fragment.
+    rms_prune_angstrom
+        Conformers within this heavy-atom RMSD (Å, after optimal alignment with symmetry) of
+        a lower-energy one are dropped.
+    mmff_max_iters
+        Force-field optimisation iterations per conformer.
+
+    Returns
+    -------
+    list[dict]
+        At least one row holding every column of the "conformers" schema (plus
+        ``input_note``); ``positions_angstrom`` has shape (N, 3) in Å, ``mmff_energy_kcal``
+        is in kcal/mol. Failed records give one row with empty ``numbers``/``positions``.
+    """
+    rec = as_record(record)
+    if rec.rows is not None:
+        return _passthrough(rec)
+    row = _base_row(rec)
+    opts = {
+        "n_conformers": max(1, int(n_conformers)),
+        "seed": int(seed),
+        "rms_prune_angstrom": float(rms_prune_angstrom),
+        "mmff_max_iters": int(mmff_max_iters),
+    }
+    if rec.error:
+        return _fail(row, K.STATUS_INVALID_INPUT, rec.error)
+    if rec.molblock is not None:
+        return _from_molblock(rec, row, supported_elements, max_heavy_atoms, opts)
+    smiles = rec.smiles or ""
+    mol, reason = _parse_smiles(smiles)
+    if mol is None:
+        return _fail(row, K.STATUS_INVALID_SMILES, f"could not parse SMILES {smiles!r}: {reason}")
+    mol, row[K.FRAGMENT_NOTE] = keep_largest_fragment(mol)
+    _identity(row, mol)
+    failed = _check_molecule(row, mol, supported_elements, max_heavy_atoms)
+    if failed:
+        return failed
+    row[K.STEREO_NOTE] = stereo_note(mol)
+    return _embed_and_optimise(row, mol, **opts)
+
+
+def _from_molblock(
+    rec: InputRecord,
+    row: dict[str, Any],
+    supported_elements: Sequence[str],
+    max_heavy_atoms: int,
+    opts: dict[str, Any],
+) -> list[dict[str, Any]]:
+    assert rec.molblock is not None
+    with rdBase.CaptureErrorLog() as capture:
+        mol = Chem.MolFromMolBlock(rec.molblock, sanitize=True, removeHs=False)
+    if mol is None:
+        reason = _clean_log(capture.messages) or "RDKit could not read it"
+        return _fail(row, K.STATUS_INVALID_INPUT, f"could not read SDF record: {reason}")
+    if mol.GetNumAtoms() == 0:
+        return _fail(row, K.STATUS_INVALID_INPUT, "SDF record has no atoms")
+    mol, row[K.FRAGMENT_NOTE] = keep_largest_fragment(mol)
+    no_h = Chem.RemoveHs(mol, sanitize=False)
+    _identity(row, no_h)
+    row[K.INPUT_SMILES] = row[K.SMILES]
+    failed = _check_molecule(row, mol, supported_elements, max_heavy_atoms)
+    if failed:
+        return failed
+    if mol.GetNumConformers() == 0:
+        return _fail(row, K.STATUS_INVALID_INPUT, "SDF record has no coordinates")
+    conf = mol.GetConformer()
+    pos = conf.GetPositions()
+    if mol.GetNumAtoms() > 1 and np.allclose(pos, 0.0):
+        return _fail(
+            row, K.STATUS_INVALID_INPUT, "SDF record has no coordinates (all atoms at the origin)"
+        )
+    if not conf.Is3D():
+        # 2D drawing: embed from the connectivity (stereo from the wedges)
+        row[INPUT_NOTE] = _join_notes(
+            row[INPUT_NOTE], "SDF record is 2D; embedded from its connectivity"
+        )
+        heavy = Chem.RemoveHs(mol)
+        row[K.STEREO_NOTE] = stereo_note(heavy)
+        return _embed_and_optimise(row, heavy, **opts)
+    n_implicit = sum(a.GetNumImplicitHs() for a in mol.GetAtoms())
+    if n_implicit:
+        mol = Chem.AddHs(mol, addCoords=True)
+        row[INPUT_NOTE] = _join_notes(
+            row[INPUT_NOTE], f"added {n_implicit} hydrogens with computed coordinates"
+        )
+    energy = math.nan
+    if rdForceFieldHelpers.MMFFHasAllMoleculeParams(mol):
+        props = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol)
+        ff = rdForceFieldHelpers.MMFFGetMoleculeForceField(mol, props)
+        energy = float(ff.CalcEnergy())
+        row[INPUT_NOTE] = _join_notes(
+            row[INPUT_NOTE], "coordinates used as given; MMFF94 single-point energy"
+        )
+    else:
+        row[INPUT_NOTE] = _join_notes(row[INPUT_NOTE], "coordinates used as given")
+    return _conformer_rows(row, mol, [0], [energy], "none")
+
+
+def _passthrough(rec: InputRecord) -> list[dict[str, Any]]:
+    """Rows of a conformers-table input, re-emitted (record_index renumbered)."""
+    assert rec.rows is not None
+    template = _base_row(rec)
+    out = []
+    for r in rec.rows:
+        row = dict(template)
+        row.update(r)
+        row[K.RECORD_INDEX] = rec.record_index
+        out.append(row)
+    return out
+
+
+# --- batches ---------------------------------------------------------------------------------
+def process_batch(
+    records: Iterable[InputRecord | Mapping[str, Any] | str], **options: Any
+) -> list[dict[str, Any]]:
+    """Conformers-table rows for a batch of records, in input order.
+
+    Never raises for a problem of one record: an unexpected exception becomes a row with
+    ``status="embedding_failed"`` and ``error="<ExceptionType>: <message>"``. RDKit's log
+    output is silenced while the batch runs.
+
+    Parameters
+    ----------
+    records
+        Input records (or their dict forms, or SMILES strings).
+    **options
+        Keyword arguments of :func:`generate_conformers`.
+
+    Returns
+    -------
+    list[dict]
+        Rows ordered by input order, then ``conformer_id``.
+    """
+    rows: list[dict[str, Any]] = []
+    with rdBase.BlockLogs():
+        for i, item in enumerate(records):
+            rec = as_record(item)
+            if isinstance(item, str):
+                rec = InputRecord(record_index=i, name=f"record-{i + 1}", smiles=item)
+            try:
+                rows.extend(generate_conformers(rec, **options))
+            except Exception as exc:
+                log.debug("record %d failed", rec.record_index, exc_info=True)
+                rows.extend(
+                    _fail(_base_row(rec), K.STATUS_EMBEDDING_FAILED, f"{type(exc).__name__}: {exc}")
+                )
+    return rows
+
+
+def process_batch_dicts(
+    records: Sequence[Mapping[str, Any]], options: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """:func:`process_batch` on plain-dict records (the form sent to worker processes)."""
+    return process_batch([InputRecord.from_dict(r) for r in records], **dict(options))
+
+
+# --- process pools ---------------------------------------------------------------------------
+def _init_worker() -> None:
+    RDLogger.DisableLog("rdApp.*")
+    # one molecule per process at a time: keep BLAS/OpenMP from oversubscribing the cores
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+def _ping() -> int:
+    return os.getpid()
+
+
+def make_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool for conformer batches (``spawn`` start: safe with threads running)."""
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
+
+
+_SHARED_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def shared_pool(workers: int, *, warm: bool = False) -> ProcessPoolExecutor:
+    """The process-wide pool with ``workers`` processes (created on first use).
+
+    Parameters
+    ----------
+    workers
+        Number of worker processes.
+    warm
+        Start all workers now (in the background) so their RDKit import overlaps with
+        other start-up work.
+    """
+    pool = _SHARED_POOLS.get(workers)
+    if pool is None:
+        pool = make_pool(workers)
+        _SHARED_POOLS[workers] = pool
+        if warm:
+            for _ in range(workers):
+                pool.submit(_ping)
+    return pool
+
+
+def shutdown_shared_pools() -> None:
+    """Shut down the pools made by :func:`shared_pool`."""
+    while _SHARED_POOLS:
+        _, pool = _SHARED_POOLS.popitem()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+atexit.register(shutdown_shared_pools)
+
+
+def _discard_pool(workers: int) -> None:
+    pool = _SHARED_POOLS.pop(workers, None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def process_batch_in_pool(
+    records: Sequence[Mapping[str, Any]], options: Mapping[str, Any], workers: int
+) -> list[dict[str, Any]]:
+    """Run one batch in the shared pool of ``workers`` processes (in-process for 1 worker).
+
+    If a worker process dies (a crash inside RDKit), the pool is replaced and the batch is
+    redone one record at a time, so only the record that crashes gets an error row.
+    """
+    if workers <= 1:
+        return process_batch_dicts(records, options)
+    try:
+        return (
+            shared_pool(workers).submit(process_batch_dicts, list(records), dict(options)).result()
+        )
+    except BrokenProcessPool:
+        _discard_pool(workers)
+    rows: list[dict[str, Any]] = []
+    for rec in records:
+        try:
+            rows.extend(
+                shared_pool(workers).submit(process_batch_dicts, [rec], dict(options)).result()
+            )
+        except BrokenProcessPool:
+            _discard_pool(workers)
+            rows.extend(
+                _fail(
+                    _base_row(InputRecord.from_dict(rec)),
+                    K.STATUS_EMBEDDING_FAILED,
+                    "the worker process crashed while processing this record",
+                )
+            )
+    return rows
+
+
+def process_records(
+    records: Sequence[InputRecord],
+    *,
+    workers: int = 1,
+    batch_size: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Process many records in parallel worker processes (the library path, no Prefect).
+
+    Parameters
+    ----------
+    records
+        Input records.
+    workers
+        Worker processes; 1 runs in this process.
+    batch_size
+        Records per batch (default from :func:`~densnet_core.inputs.split_batches`).
+    on_progress
+        Called with the number of records finished after each batch.
+    **options
+        Keyword arguments of :func:`generate_conformers`.
+
+    Returns
+    -------
+    list[dict]
+        Rows in input order.
+    """
+    batches = split_batches(len(records), workers, batch_size)
+    payloads = [[records[i].to_dict() for i in b] for b in batches]
+    if workers <= 1:
+        out: list[dict[str, Any]] = []
+        for payload in payloads:
+            out.extend(process_batch_dicts(payload, options))
+            if on_progress:
+                on_progress(len(payload))
+        return out
+    with make_pool(workers) as pool:
+        futures: list[Future[list[dict[str, Any]]]] = [
+            pool.submit(process_batch_dicts, payload, options) for payload in payloads
+        ]
+        if on_progress:
+            for fut, payload in zip(futures, payloads, strict=True):
+                fut.result()
+                on_progress(len(payload))
+        results = [f.result() for f in futures]
+    return [row for batch in results for row in batch]
+
+
+def failed_rows(
+    records: Iterable[InputRecord | Mapping[str, Any]], status: str, error: str
+) -> list[dict[str, Any]]:
+    """One failure row per record (every declared column present)."""
+    return [_fail(_base_row(as_record(r)), status, error)[0] for r in records]
+
+
+def status_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Number of *records* per status (a record counts once, by its first row)."""
+    seen: dict[int, str] = {}
+    for row in rows:
+        seen.setdefault(int(row[K.RECORD_INDEX]), str(row[K.STATUS]))
+    return dict(Counter(seen.values()).most_common())

@@ -1,0 +1,44 @@
+"""Where a flow's tasks run: in this process, on a local Dask cluster, or on an existing one.
+
+PySCF and torch parallelise with OpenMP threads, whose count is process-global; two labelling
+tasks must therefore never share a process. ``workers == 1`` runs tasks one at a time in this
+process (all cores to each calculation); ``workers > 1`` starts a ``distributed.LocalCluster``
+of single-threaded worker processes; ``dask_address`` uses a running Dask cluster (scale-out
+to other machines) through prefect-dask's ``DaskTaskRunner``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from densnet_core.settings import available_cores
+
+
+def task_runner(*, workers: int = 1, dask_address: str | None = None) -> Any:
+    """The task runner for ``workers`` local processes or the Dask cluster at ``dask_address``."""
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    if workers > 1:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            },
+        )
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def threads_per_worker(workers: int, dask_address: str | None = None) -> int | None:
+    """OpenMP threads for each task: the cores shared out locally, the worker's own on Dask."""
+    if dask_address:
+        return None  # each Dask worker machine uses its own cores
+    return max(1, available_cores() // max(1, workers))

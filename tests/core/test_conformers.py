@@ -1,0 +1,323 @@
+"""The conformer stage library: real RDKit, real values (no Prefect here)."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rdkit import Chem
+from rdkit.Chem import AllChem, rdMolAlign
+
+from densnet_core import keys as K
+from densnet_core import store
+from densnet_core.conformers import (
+    conformer_key,
+    process_batch,
+    status_counts,
+)
+from densnet_core.inputs import InputRecord, read_records
+
+
+def rec(smiles: str, i: int = 0, name: str = "m") -> InputRecord:
+    return InputRecord(record_index=i, name=name, smiles=smiles)
+
+
+def one(smiles: str, **options: object) -> dict:
+    rows = process_batch([rec(smiles)], **options)
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_ok_row_has_every_column_and_sane_geometry() -> None:
+    row = one("CCO")
+    assert set(store.SCHEMAS["conformers"].names) <= set(row)
+    assert row[K.STATUS] == "ok" and row[K.ERROR] == ""
+    assert row[K.MOL_ID] == "LFQSCWFLJHTTHZ-UHFFFAOYSA-N"
+    assert row[K.SMILES] == "CCO" and row[K.INPUT_SMILES] == "CCO"
+    assert sorted(row[K.NUMBERS]) == [1] * 6 + [6, 6, 8]
+    pos = np.array(row[K.POSITIONS_ANGSTROM])
+    assert pos.shape == (9, 3)
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    d_co = np.linalg.norm(pos[1] - pos[2])  # C-O bond
+    assert 1.38 < d_co < 1.46
+    assert row[K.FORCE_FIELD] == "MMFF94" and math.isfinite(row[K.MMFF_ENERGY_KCAL])
+    assert row[K.N_HEAVY_ATOMS] == 3 and mol.GetNumAtoms() == 9
+    assert row[K.CONFORMER_KEY] == conformer_key(row[K.NUMBERS], pos, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("smiles", "reason"),
+    [
+        ("C1CC", "unclosed ring"),
+        ("CC)C", "extra close parentheses"),
+        ("C(C)(C)(C)(C)C", "Explicit valence"),
+        ("c1cccc1", "kekulize"),
+        ("", "empty SMILES"),
+    ],
+)
+def test_unparsable_smiles(smiles: str, reason: str) -> None:
+    row = one(smiles)
+    assert row[K.STATUS] == "invalid_smiles"
+    assert row[K.ERROR].startswith(f"could not parse SMILES {smiles!r}: ")
+    assert reason in row[K.ERROR]
+    assert row[K.NUMBERS] == [] and row[K.POSITIONS_ANGSTROM] == []
+    assert row[K.MOL_ID].startswith("record-") and len(row[K.MOL_ID]) == 21
+    assert row[K.SMILES] == smiles and math.isnan(row[K.MMFF_ENERGY_KCAL])
+
+
+def test_salt_counterion_stripped() -> None:
+    row = one("CC(=O)[O-].[Na+]")
+    assert row[K.STATUS] == "ok"
+    assert row[K.SMILES] == "CC(=O)[O-]" and row[K.CHARGE] == -1
+    assert row[K.FRAGMENT_NOTE] == "kept largest fragment; removed: [Na+]"
+    assert 11 not in row[K.NUMBERS] and len(row[K.NUMBERS]) == 7
+
+
+def test_metal_in_counterion_is_not_a_problem() -> None:
+    row = one("[Pt+2].[O-]C(=O)c1ccccc1.[O-]C(=O)c1ccccc1")
+    assert row[K.STATUS] == "ok" and row[K.CHARGE] == -1
+    assert row[K.FRAGMENT_NOTE] == "kept largest fragment; removed: [Pt+2], O=C([O-])c1ccccc1"
+
+
+@pytest.mark.parametrize(
+    ("smiles", "elements"),
+    [
+        ("[Pt](Cl)(Cl)(N)N", "Pt"),
+        ("C[Si](C)(C)C", "Si"),
+        ("C[As](C)c1ccc([Se]C)cc1", "As, Se"),
+        ("[Na+].[Cl-]", "Na"),  # no organic fragment: the first of equals is kept
+    ],
+)
+def test_unsupported_elements(smiles: str, elements: str) -> None:
+    row = one(smiles)
+    assert row[K.STATUS] == "unsupported_element"
+    assert row[K.ERROR] == (f"unsupported element(s): {elements} (supported: H C N O F P S Cl Br)")
+    assert row[K.NUMBERS] == []
+
+
+def test_ferrocene_like_salt_keeps_an_organic_fragment() -> None:
+    row = one("[CH-]1C=CC=C1.[CH-]1C=CC=C1.[Fe+2]")
+    assert row[K.STATUS] == "ok" and row[K.CHARGE] == -1
+    assert "[Fe+2]" in row[K.FRAGMENT_NOTE]
+
+
+def test_elements_are_configurable() -> None:
+    row = one("C[Si](C)(C)C", supported_elements=("H", "C", "Si"))
+    assert row[K.STATUS] == "ok" and 14 in row[K.NUMBERS]
+    assert row[K.FORCE_FIELD] in ("MMFF94", "UFF")
+    row = one("CCO", supported_elements=("H", "C"))
+    assert row[K.STATUS] == "unsupported_element" and "O (supported: H C)" in row[K.ERROR]
+
+
+def test_radical_multiplicity() -> None:
+    row = one("[CH3]")
+    assert row[K.STATUS] == "ok" and row[K.MULTIPLICITY] == 2 and row[K.CHARGE] == 0
+    assert row[K.NUMBERS] == [6, 1, 1, 1]
+    assert one("[CH2]")[K.MULTIPLICITY] == 3
+
+
+def test_too_large() -> None:
+    row = one("C" * 200)
+    assert row[K.STATUS] == "too_large"
+    assert row[K.ERROR] == "200 heavy atoms (limit 100)"
+    assert row[K.N_HEAVY_ATOMS] == 200 and row[K.NUMBERS] == []
+    assert one("C" * 20, max_heavy_atoms=10)[K.STATUS] == "too_large"
+
+
+def test_stereo_flags() -> None:
+    row = one("CC(O)CC")
+    assert row[K.STATUS] == "ok"
+    assert row[K.STEREO_NOTE] == "1 unassigned stereocentre embedded at random: atom 1"
+    assert one("C[C@H](O)CC")[K.STEREO_NOTE] == ""
+    two = one("CC(O)C(N)CC=CC")[K.STEREO_NOTE]
+    assert two.startswith("2 unassigned stereocentres embedded at random: atoms 1, 3")
+    assert "1 unassigned double bond embedded at random" in two
+    assert one("C/C=C/C")[K.STEREO_NOTE] == ""
+
+
+def test_assigned_stereo_is_respected() -> None:
+    for smiles in ("C[C@H](O)CC", "C[C@@H](O)CC"):
+        row = one(smiles)
+        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        conf = Chem.Conformer(mol.GetNumAtoms())
+        for i, xyz in enumerate(row[K.POSITIONS_ANGSTROM]):
+            conf.SetAtomPosition(i, xyz)
+        mol.RemoveAllConformers()
+        mol.AddConformer(conf, assignId=True)
+        Chem.AssignStereochemistryFrom3D(mol)
+        assert Chem.MolToSmiles(Chem.RemoveHs(mol)) == Chem.MolToSmiles(Chem.MolFromSmiles(smiles))
+
+
+@pytest.mark.slow
+def test_impossible_stereo_is_an_error_not_a_wrong_geometry() -> None:
+    # 2,3-disubstituted norbornane with bridgehead configurations that cannot close the bridge
+    bad = one("CC(=O)OC[C@@H]1[C@H]2CC[C@@H](C2)[C@@H]1COC(C)=O")
+    assert bad[K.STATUS] == "embedding_failed"
+    assert bad[K.NUMBERS] == []
+    assert "geometrically possible?" in bad[K.ERROR]
+    good = one("CC(=O)OC[C@@H]1[C@H]2CC[C@H](C2)[C@@H]1COC(C)=O")
+    assert good[K.STATUS] == "ok"
+
+
+def test_multiple_conformers_sorted_and_pruned() -> None:
+    threshold = 0.5
+    rows = process_batch([rec("CCCCCO")], n_conformers=5, rms_prune_angstrom=threshold)
+    assert 2 <= len(rows) <= 5
+    assert [r[K.CONFORMER_ID] for r in rows] == list(range(len(rows)))
+    energies = [r[K.MMFF_ENERGY_KCAL] for r in rows]
+    assert energies == sorted(energies)
+    assert len({r[K.CONFORMER_KEY] for r in rows}) == len(rows)
+    mols = []
+    for r in rows:
+        m = Chem.RemoveHs(_mol_from_row("CCCCCO", r))
+        mols.append(m)
+    for a, b in combinations(mols, 2):
+        assert rdMolAlign.GetBestRMS(Chem.Mol(a), Chem.Mol(b)) >= threshold
+
+
+def _mol_from_row(smiles: str, row: dict) -> Chem.Mol:
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for i, xyz in enumerate(row[K.POSITIONS_ANGSTROM]):
+        conf.SetAtomPosition(i, xyz)
+    mol.AddConformer(conf, assignId=True)
+    return mol
+
+
+def test_conformer_key_invariants() -> None:
+    numbers = [8, 1, 1]
+    pos = [[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]]
+    neg_zero = [[-0.0, 0.0, -0.0], [0.95720000001, -0.0, 0.0], [-0.24, 0.92659999, -0.00001]]
+    key = conformer_key(numbers, pos, 0, 1)
+    assert len(key) == 20 and int(key, 16) >= 0
+    assert conformer_key(numbers, neg_zero, 0, 1) == key
+    assert conformer_key(numbers, np.array(pos), 0, 1) == key
+    assert conformer_key(numbers, pos, 1, 2) != key
+    assert conformer_key(numbers, [[0.001, 0, 0], *pos[1:]], 0, 1) != key
+
+
+def test_order_preserved_and_deterministic_under_reordering() -> None:
+    smiles = ["CCO", "C1CC", "c1ccccc1O", "C[Si](C)(C)C", "CC(=O)Nc1ccccc1", "CCN"]
+    records = [rec(s, i, f"n{i}") for i, s in enumerate(smiles)]
+    rows = process_batch(records)
+    assert [r[K.RECORD_INDEX] for r in rows] == list(range(len(smiles)))
+    assert [r[K.NAME] for r in rows] == [f"n{i}" for i in range(len(smiles))]
+    reversed_rows = process_batch(
+        [rec(s, i, f"n{i}") for i, s in reversed(list(enumerate(smiles)))]
+    )
+    by_index = {r[K.RECORD_INDEX]: r for r in reversed_rows}
+    for r in rows:
+        assert by_index[r[K.RECORD_INDEX]][K.CONFORMER_KEY] == r[K.CONFORMER_KEY]
+    assert status_counts(rows) == {"ok": 4, "invalid_smiles": 1, "unsupported_element": 1}
+
+
+def test_unexpected_exception_becomes_an_error_row() -> None:
+    rows = process_batch([rec("CCO", 0), rec("CCN", 1)], n_conformers="many")
+    assert [r[K.STATUS] for r in rows] == ["embedding_failed"] * 2
+    assert rows[0][K.ERROR].startswith("ValueError: ")
+
+
+def test_invalid_input_record_error_is_kept() -> None:
+    error = "line 2 is not valid UTF-8"
+    bad = InputRecord(record_index=0, name="x", smiles="CC\ufffdN", error=error)
+    row = process_batch([bad])[0]
+    assert row[K.STATUS] == "invalid_input" and row[K.ERROR] == "line 2 is not valid UTF-8"
+
+
+def test_bad_files_end_to_end(tmp_path: Path) -> None:
+    p = tmp_path / "bad.smi"
+    p.write_bytes(b"CCO ok\r\nC1CC broken\r\nCC\xffN notutf8\r\n[CH3] radical\r\nCCO ok\r\n")
+    records = read_records(p)
+    rows = process_batch(records)
+    assert [r[K.STATUS] for r in rows] == [
+        "ok",
+        "invalid_smiles",
+        "invalid_input",
+        "ok",
+        "ok",
+    ]
+    assert [r[K.NAME] for r in rows] == ["ok", "broken", "notutf8", "radical", "ok"]
+    assert rows[0][K.CONFORMER_KEY] == rows[4][K.CONFORMER_KEY]  # same molecule, same seed
+
+
+# --- SDF -------------------------------------------------------------------------------------
+def _embedded(smiles: str, seed: int = 7) -> Chem.Mol:
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    AllChem.EmbedMolecule(mol, randomSeed=seed)
+    return mol
+
+
+def _sdf(tmp_path: Path, *mols: Chem.Mol, names: list[str] | None = None) -> Path:
+    p = tmp_path / "in.sdf"
+    with Chem.SDWriter(str(p)) as w:
+        for i, m in enumerate(mols):
+            m.SetProp("_Name", names[i] if names else f"mol{i}")
+            w.write(m)
+    return p
+
+
+def test_sdf_3d_coordinates_preserved_exactly(tmp_path: Path) -> None:
+    mol = _embedded("OCC(=O)N")
+    p = _sdf(tmp_path, mol)
+    expected = Chem.MolFromMolFile(str(p), removeHs=False).GetConformer().GetPositions()
+    row = process_batch(read_records(p))[0]
+    assert row[K.STATUS] == "ok" and row[K.NAME] == "mol0"
+    assert np.array_equal(np.array(row[K.POSITIONS_ANGSTROM]), expected)
+    assert row[K.NUMBERS] == [a.GetAtomicNum() for a in mol.GetAtoms()]
+    assert row[K.FORCE_FIELD] == "none" and math.isfinite(row[K.MMFF_ENERGY_KCAL])
+    assert row[K.MOL_ID] == Chem.MolToInchiKey(Chem.MolFromSmiles("OCC(=O)N"))
+    assert "coordinates used as given" in row[K.INPUT_NOTE]
+
+
+def test_sdf_without_hydrogens_gets_them_with_coordinates(tmp_path: Path) -> None:
+    heavy = Chem.RemoveHs(_embedded("CCO"))
+    p = _sdf(tmp_path, heavy)
+    row = process_batch(read_records(p))[0]
+    assert row[K.STATUS] == "ok" and len(row[K.NUMBERS]) == 9
+    pos = np.array(row[K.POSITIONS_ANGSTROM])
+    assert np.allclose(pos[:3], np.round(heavy.GetConformer().GetPositions(), 4))
+    assert "added 6 hydrogens" in row[K.INPUT_NOTE]
+
+
+def test_sdf_without_coordinates(tmp_path: Path) -> None:
+    flat = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    flat.AddConformer(Chem.Conformer(flat.GetNumAtoms()), assignId=True)  # all zeros
+    twod = Chem.MolFromSmiles("C[C@H](O)CC")
+    AllChem.Compute2DCoords(twod)
+    p = _sdf(tmp_path, flat, twod, names=["zeros", "drawing"])
+    rows = process_batch(read_records(p))
+    assert rows[0][K.STATUS] == "invalid_input"
+    assert rows[0][K.ERROR] == "SDF record has no coordinates (all atoms at the origin)"
+    assert rows[1][K.STATUS] == "ok" and rows[1][K.FORCE_FIELD] == "MMFF94"
+    assert "SDF record is 2D; embedded from its connectivity" in rows[1][K.INPUT_NOTE]
+    assert rows[1][K.MOL_ID] == Chem.MolToInchiKey(Chem.MolFromSmiles("C[C@H](O)CC"))
+    assert np.ptp(np.array(rows[1][K.POSITIONS_ANGSTROM])[:, 2]) > 0.5
+
+
+# --- tables ----------------------------------------------------------------------------------
+def test_store_round_trip_and_passthrough(tmp_path: Path) -> None:
+    records = [rec(s, i, f"n{i}") for i, s in enumerate(["CCO", "C1CC", "CCCCO"])]
+    rows = process_batch(records, n_conformers=2)
+    path = store.write_table(rows, tmp_path / "conf.parquet", "conformers")
+    df = store.read_table(path, "conformers")
+    assert len(df) == len(rows)
+    assert list(df[K.STATUS]) == [r[K.STATUS] for r in rows]
+    assert df[K.POSITIONS_ANGSTROM].iloc[0].shape == (9,)  # object column of row arrays
+    np.testing.assert_array_equal(
+        np.stack(df[K.POSITIONS_ANGSTROM].iloc[0]), np.array(rows[0][K.POSITIONS_ANGSTROM])
+    )
+    # a conformers table as input: rows pass straight through
+    again = read_records(path)
+    assert [r.name for r in again] == ["n0", "n1", "n2"]
+    rows2 = process_batch(again)
+    assert [r[K.CONFORMER_KEY] for r in rows2] == [r[K.CONFORMER_KEY] for r in rows]
+    assert [r[K.STATUS] for r in rows2] == [r[K.STATUS] for r in rows]
+
+
+def test_empty_table_has_the_schema(tmp_path: Path) -> None:
+    path = store.write_table(process_batch([]), tmp_path / "empty.parquet", "conformers")
+    df = store.read_table(path, "conformers")
+    assert len(df) == 0 and set(store.SCHEMAS["conformers"].names) <= set(df.columns)

@@ -1,0 +1,114 @@
+"""Reading input records: formats, header detection, robustness (no Prefect here)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import rdkit.RDConfig as RDConfig
+
+from densnet_core.inputs import InputFileError, InputRecord, read_records, split_batches
+
+NCI = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
+CHEMBL = Path(RDConfig.RDContribDir) / "FreeWilson" / "data" / "CHEMBL2321810.smi"
+
+
+def test_smiles_with_header_comments_blank_lines(tmp_path: Path) -> None:
+    p = tmp_path / "in.smi"
+    p.write_text("SMILES Name\n# a comment\n\nCCO ethanol\nc1ccccc1\tbenzene\nCC\n")
+    recs = read_records(p)
+    assert [r.smiles for r in recs] == ["CCO", "c1ccccc1", "CC"]
+    assert [r.name for r in recs] == ["ethanol", "benzene", "record-3"]
+    assert [r.record_index for r in recs] == [0, 1, 2]
+    assert recs[2].note == "no name given; named record-3"
+    assert all(r.error == "" and r.molblock is None for r in recs)
+
+
+def test_crlf_line_endings(tmp_path: Path) -> None:
+    p = tmp_path / "in.smi"
+    p.write_bytes(b"CCO a\r\nCCN b\r\n\r\nCCC c\r\n")
+    recs = read_records(p)
+    assert [(r.smiles, r.name) for r in recs] == [("CCO", "a"), ("CCN", "b"), ("CCC", "c")]
+
+
+def test_bytes_not_utf8_give_an_error_record(tmp_path: Path) -> None:
+    p = tmp_path / "in.smi"
+    p.write_bytes(b"CCO a\nCC\xff\xfeN bad\nCCC c\n")
+    recs = read_records(p)
+    assert len(recs) == 3
+    assert recs[1].error == "line 2 is not valid UTF-8"
+    assert recs[0].error == recs[2].error == ""
+    assert recs[1].name == "bad"
+
+
+def test_empty_file_gives_no_records(tmp_path: Path) -> None:
+    p = tmp_path / "empty.smi"
+    p.write_bytes(b"")
+    assert read_records(p) == []
+    (tmp_path / "empty.csv").write_text("")
+    assert read_records(tmp_path / "empty.csv") == []
+
+
+def test_duplicate_names_kept_and_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    p = tmp_path / "in.smi"
+    p.write_text("CCO x\nCCN x\nCCC y\n")
+    with caplog.at_level(logging.WARNING, logger="densnet_core.inputs"):
+        recs = read_records(p)
+    assert [r.name for r in recs] == ["x", "x", "y"]
+    assert "duplicate record names" in caplog.text and "'x' x2" in caplog.text
+
+
+def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="not found"):
+        read_records(tmp_path / "nope.smi")
+    (tmp_path / "in.xyz").write_text("3\n\nC 0 0 0\n")
+    with pytest.raises(InputFileError, match="unknown input format"):
+        read_records(tmp_path / "in.xyz")
+
+
+def test_csv_case_insensitive_columns(tmp_path: Path) -> None:
+    p = tmp_path / "in.csv"
+    p.write_text('id2,SMILES,Name\n1,CCO,ethanol\n2,"C(=O)O",\n')
+    recs = read_records(p)
+    assert [(r.smiles, r.name) for r in recs] == [("CCO", "ethanol"), ("C(=O)O", "record-2")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(InputFileError, match="no 'smiles' column"):
+        read_records(bad)
+
+
+def test_sdf_records_keep_title_and_text(tmp_path: Path) -> None:
+    block = "mol-a\n  RDKit          3D\n\n  1  0  0  0  0  0  0  0  0  0999 V2000\n"
+    block += "    0.1000    0.2000    0.3000 O   0  0  0  0  0  0  0  0  0  0  0  0\nM  END\n"
+    p = tmp_path / "in.sdf"
+    p.write_text(block + "$$$$\n" + block.replace("mol-a", "") + "$$$$\n")
+    recs = read_records(p)
+    assert [r.name for r in recs] == ["mol-a", "record-2"]
+    assert recs[0].smiles is None and recs[0].molblock is not None
+    assert "0.1000    0.2000    0.3000 O" in recs[0].molblock
+
+
+def test_rdkit_reference_files() -> None:
+    nci = read_records(NCI)
+    n_lines = sum(1 for line in NCI.read_text().splitlines() if line.strip())
+    assert len(nci) == n_lines == 4999
+    assert (nci[0].smiles, nci[0].name) == ("CC1=CC(=O)C=CC1=O", "1")
+    chembl = read_records(CHEMBL)
+    assert len(chembl) == 1017
+    assert chembl[0].name.startswith("CHEMBL") or chembl[0].name.isdigit()
+    assert all(r.error == "" for r in chembl)
+
+
+def test_record_dict_round_trip() -> None:
+    r = InputRecord(record_index=3, name="n", smiles="CCO", note="x")
+    assert InputRecord.from_dict(r.to_dict()) == r
+
+
+@pytest.mark.parametrize(("n", "workers"), [(0, 2), (1, 2), (7, 2), (1017, 2), (4999, 2), (50, 1)])
+def test_split_batches_cover_in_order(n: int, workers: int) -> None:
+    batches = split_batches(n, workers)
+    assert [i for b in batches for i in b] == list(range(n))
+    if n >= workers:
+        assert len(batches) >= workers
+    assert all(len(b) <= 200 for b in batches)
