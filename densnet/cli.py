@@ -35,3 +35,7 @@ app.command("train")(train)
 from densnet.commands.label import label  # noqa: E402 - light import (typer only)
 
 app.command("label")(label)
+
+from densnet.commands.run import run  # noqa: E402 - light import (typer only)
+
+app.command("run")(run)

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from densnet.console import fail
+from densnet.prefect_env import configure_for_cli, start_server_early
+
 DEFAULT_ELEMENTS_TEXT = "H,C,N,O,F,P,S,Cl,Br"
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _parse_elements(text: str) -> list[str]:
@@ -26,34 +20,13 @@ def _parse_elements(text: str) -> list[str]:
     table = Chem.GetPeriodicTable()
     symbols = [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
     if not symbols:
-        raise _fail("--elements is empty")
+        raise fail("--elements is empty")
     for s in symbols:
         try:
             table.GetAtomicNumber(s)
         except RuntimeError:
-            raise _fail(f"--elements: unknown element symbol {s!r}") from None
+            raise fail(f"--elements: unknown element symbol {s!r}") from None
     return symbols
-
-
-def _start_prefect_server_early() -> threading.Thread | None:
-    """Boot Prefect's temporary server in the background (no PREFECT_API_URL set).
-
-    It is the same server the flow would start on its own (Prefect keeps one instance per
-    process); starting it here lets its boot overlap with the worker processes' start-up.
-    """
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return None
-
-    def boot() -> None:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        SubprocessASGIServer().start()
-
-    thread = threading.Thread(target=boot, name="prefect-server-boot", daemon=True)
-    thread.start()
-    return thread
 
 
 def conformers(
@@ -98,17 +71,12 @@ def conformers(
     try:
         detect_format(input_path)
     except InputFileError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if output.exists() and output.is_dir():
-        raise _fail(f"output {output} is a folder; give a .parquet file path")
+        raise fail(f"output {output} is a folder; give a .parquet file path")
     symbols = _parse_elements(elements)
 
-    # Prefect on the terminal: warnings only; the summary below is the user's output.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    # the temporary server's telemetry heartbeat only costs start-up time (and, with several
-    # runs sharing ~/.prefect/prefect.db, prints "database is locked" tracebacks)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    configure_for_cli()
 
     from densnet_core.conformers import shared_pool, shutdown_shared_pools
     from densnet_core.settings import get_settings
@@ -116,7 +84,7 @@ def conformers(
     n_workers = workers or get_settings().n_workers()
     if n_workers > 1:
         shared_pool(n_workers, warm=True)
-    boot = _start_prefect_server_early()
+    boot = start_server_early()
 
     from flows.conformers import conformers_flow, progress_listener
 
@@ -214,4 +182,4 @@ def _run(
             batch_size=batch_size,
         )
     except Exception as exc:
-        raise _fail(f"the conformer run failed: {type(exc).__name__}: {exc}", code=1) from None
+        raise fail(f"the conformer run failed: {type(exc).__name__}: {exc}", code=1) from None
