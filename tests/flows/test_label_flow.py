@@ -146,3 +146,69 @@ def test_killed_label_run_resumes_without_recomputing(tmp_path):
     after = final.set_index(K.CONFORMER_KEY)
     for key in first_keys:
         assert after.loc[key, K.ENERGY_HARTREE] == before.loc[key, K.ENERGY_HARTREE]
+
+
+HOCL_SDF = """hypochlorous-acid
+  handmade 3D
+
+  3  2  0  0  0  0  0  0  0  0999 V2000
+    0.0000    0.0000    0.0000 O   0  0  0  0  0  0  0  0  0  0  0  0
+    1.6900    0.0000    0.0000 Cl  0  0  0  0  0  0  0  0  0  0  0  0
+   -0.2400    0.9400    0.0500 H   0  0  0  0  0  0  0  0  0  0  0  0
+  1  2  1  0
+  1  3  1  0
+M  END
+$$$$
+"""
+
+
+def _pyscf_reference(numbers, positions_angstrom, field_au=None):
+    """B3LYP/def2-SVPD (DF, grid 3) straight from PySCF, optionally in a uniform field."""
+    from pyscf import dft, gto
+
+    mol = gto.M(
+        atom=[(int(z), tuple(p)) for z, p in zip(numbers, positions_angstrom, strict=True)],
+        basis="def2-svpd",
+        unit="Angstrom",
+        verbose=0,
+    )
+    mf = dft.RKS(mol, xc="b3lyp").density_fit()
+    mf.grids.level = 3
+    mf.conv_tol = 1e-11
+    if field_au is not None:
+        h = mol.intor("int1e_kin") + mol.intor("int1e_nuc")
+        r = mol.intor("int1e_r")
+        mf.get_hcore = lambda *args: h + np.einsum("x,xij->ij", field_au, r)
+    mf.kernel()
+    assert mf.converged
+    return mf.dip_moment(unit="AU", verbose=0)
+
+
+@pytest.mark.slow
+def test_densnet_label_on_an_sdf_matches_independent_pyscf(tmp_path):
+    """The issue's acceptance check: |mu| within 0.005 D, alpha_iso within 0.5 % of PySCF FF."""
+    from densnet_core.units import DEBYE_PER_AU
+
+    sdf = tmp_path / "hocl.sdf"
+    sdf.write_text(HOCL_SDF)
+    labels_dir = tmp_path / "labels"
+    summary = label_flow(input_path=str(sdf), labels_dir=str(labels_dir))
+    assert summary["status_counts"] == {"ok": 1}
+    lab = _labels(labels_dir).iloc[0]
+    numbers = list(lab[K.NUMBERS])
+    positions = np.stack(lab[K.POSITIONS_ANGSTROM])
+    # the SDF coordinates are used as they are
+    np.testing.assert_allclose(positions[:2], [[0, 0, 0], [1.69, 0, 0]], atol=1e-6)
+    mu = _pyscf_reference(numbers, positions)
+    mu_label = np.asarray(lab[K.DIPOLE_AU])
+    assert abs(np.linalg.norm(mu_label) - np.linalg.norm(mu)) * DEBYE_PER_AU < 0.005
+    f = 1e-3
+    alpha = np.zeros((3, 3))
+    for j in range(3):
+        e = np.zeros(3)
+        e[j] = f
+        alpha[:, j] = (
+            _pyscf_reference(numbers, positions, e) - _pyscf_reference(numbers, positions, -e)
+        ) / (2 * f)
+    iso_label = np.trace(np.asarray(lab[K.POLARIZABILITY_AU]).reshape(3, 3)) / 3
+    assert iso_label == pytest.approx(np.trace(alpha) / 3, rel=0.005)
