@@ -39,3 +39,7 @@ app.command("label")(label)
 from densnet.commands.run import run  # noqa: E402 - light import (typer only)
 
 app.command("run")(run)
+
+from densnet.commands.predict import predict  # noqa: E402 - light import (typer only)
+
+app.command("predict")(predict)

@@ -205,7 +205,7 @@ def save_model(
         "element_symbols": [_symbol(z) for z in elements],
         **dict(card or {}),
         "weights_sha1": sha,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": software_versions(),
     }
     _atomic_write_bytes(model_dir / CARD_FILE, _json_bytes(full_card))

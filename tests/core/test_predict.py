@@ -1,0 +1,247 @@
+"""High-throughput prediction (:mod:`densnet_core.predict`): rows, statuses, physics, batching.
+
+The model is an untrained "small" network (random heads on top of the SAD prior) for
+H C N O F S Cl in def2-universal-jkfit: the tests check the bookkeeping and the physics that
+hold for any weights (electron count, symmetry, rotation covariance), not accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from densnet_core import keys as K
+from densnet_core.level import DEFAULT_LEVEL
+from densnet_core.model import DensityModel
+from densnet_core.modelio import save_model
+from densnet_core.predict import (
+    ModelNotFoundError,
+    Predictor,
+    alpha_anisotropy,
+    boltzmann_average,
+    boltzmann_weights,
+    resolve_model_dir,
+)
+from densnet_core.units import DEBYE_PER_AU
+from tests.core._tiny_labels import conformer_rows
+
+ELEMENTS = [1, 6, 7, 8, 9, 16, 17]
+
+
+def make_model_dir(path: Path, *, preset: str = "small", card: dict | None = None) -> Path:
+    """A saved, untrained model (random heads: non-zero Δρ and polarizability)."""
+    torch.manual_seed(0)
+    model = DensityModel.for_aux_basis(DEFAULT_LEVEL.fit_auxbasis, ELEMENTS, preset=preset)
+    save_model(model, path, level=DEFAULT_LEVEL, card=card or {"note": "test fixture"})
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread (what the CLI uses; 2 threads on a busy 2-core box are ~20x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny-model")
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir: Path) -> Predictor:
+    return Predictor(model_dir, batch_size=3)
+
+
+def _row(i: int, name: str, numbers, pos, *, charge=0, mult=1, status="ok", error="", cid=0):
+    return {
+        K.RECORD_INDEX: i,
+        K.NAME: name,
+        K.SMILES: name,
+        K.MOL_ID: f"id-{name}",
+        K.CONFORMER_ID: cid,
+        K.CHARGE: charge,
+        K.MULTIPLICITY: mult,
+        K.NUMBERS: list(numbers),
+        K.POSITIONS_ANGSTROM: np.asarray(pos, dtype=float).tolist(),
+        K.MMFF_ENERGY_KCAL: 0.0,
+        K.STATUS: status,
+        K.ERROR: error,
+    }
+
+
+SILANE = ([14, 1, 1, 1, 1], [[0, 0, 0], [0.86, 0.86, 0.86], [-0.86, -0.86, 0.86],
+                             [-0.86, 0.86, -0.86], [0.86, -0.86, -0.86]])  # fmt: skip
+HYDROXIDE = ([8, 1], [[0, 0, 0], [0, 0, 0.97]])
+
+
+def mixed_rows() -> list[dict]:
+    tiny = conformer_rows(2, seed=3)  # water, ammonia, formaldehyde, methanol x 2 conformers
+    rows = [dict(r) for r in tiny[:4]]
+    rows.append(_row(4, "silane", *SILANE))
+    rows.append(_row(5, "hydroxide", *HYDROXIDE, charge=-1))
+    rows.append(_row(6, "broken", [], [], status="invalid_smiles", error="could not parse"))
+    rows.append(_row(7, "methyl", [6, 1, 1, 1], [[0, 0, 0], [1.08, 0, 0], [-0.54, 0.94, 0],
+                                                 [-0.54, -0.94, 0]], mult=2))  # fmt: skip
+    rows += [dict(r) for r in tiny[4:]]
+    return rows
+
+
+def test_one_row_per_input_row_in_order_with_statuses(predictor: Predictor) -> None:
+    rows = mixed_rows()
+    out = predictor.predict_rows(rows)
+    assert len(out) == len(rows)
+    assert [o[K.RECORD_INDEX] for o in out] == [r[K.RECORD_INDEX] for r in rows]
+    assert [o[K.CONFORMER_ID] for o in out] == [r[K.CONFORMER_ID] for r in rows]
+    assert [o[K.NAME] for o in out] == [r[K.NAME] for r in rows]
+    statuses = [o[K.STATUS] for o in out]
+    bad = ["unsupported_element", "unsupported_charge", "invalid_smiles"]
+    assert statuses == ["ok"] * 4 + [*bad, "unsupported_multiplicity"] + ["ok"] * 4
+    by_name = {o[K.NAME]: o for o in out}
+    assert "Si" in by_name["silane"][K.ERROR]
+    assert "-1" in by_name["hydroxide"][K.ERROR]
+    assert by_name["broken"][K.ERROR] == "could not parse"  # upstream error kept
+    for o in out:
+        assert o[K.MODEL_ID] == predictor.model_id
+        if o[K.STATUS] != "ok":
+            assert o[K.ERROR] and math.isnan(o[K.DIPOLE_DEBYE]) and o[K.DIPOLE_AU] is None
+    # the rows make a valid predictions table
+    from densnet_core import store
+
+    df = store.frame(out, "predictions")
+    assert len(df) == len(rows) and "alpha_aniso_au" in df.columns
+
+
+def test_physics_of_every_prediction(predictor: Predictor) -> None:
+    rows = conformer_rows(3, seed=1)
+    out = predictor.predict_rows(rows)
+    for row, o in zip(rows, out, strict=True):
+        assert o[K.STATUS] == "ok", o[K.ERROR]
+        assert o[K.N_ELECTRONS] == pytest.approx(sum(row[K.NUMBERS]) - row[K.CHARGE], abs=1e-4)
+        alpha = np.asarray(o[K.POLARIZABILITY_AU]).reshape(3, 3)
+        np.testing.assert_allclose(alpha, alpha.T, atol=1e-6)
+        assert o[K.ALPHA_ISO_AU] == pytest.approx(np.trace(alpha) / 3, rel=1e-9)
+        assert o["alpha_aniso_au"] == pytest.approx(float(alpha_anisotropy(alpha)), rel=1e-9)
+        assert o[K.DIPOLE_DEBYE] == pytest.approx(
+            np.linalg.norm(o[K.DIPOLE_AU]) * DEBYE_PER_AU, rel=1e-9
+        )
+        assert o["n_atoms"] == len(row[K.NUMBERS])
+        assert o[K.N_HEAVY_ATOMS] == sum(z > 1 for z in row[K.NUMBERS])
+    assert any(abs(o[K.ALPHA_ISO_AU]) > 1e-3 for o in out)  # random heads: non-trivial alpha
+
+
+def test_batched_equals_one_by_one(model_dir: Path) -> None:
+    rows = conformer_rows(3, seed=2)
+    batched = Predictor(model_dir, batch_size=64).predict_rows(rows)
+    single = Predictor(model_dir, batch_size=1)
+    for row, b in zip(rows, batched, strict=True):
+        s = single.predict_rows([row])[0]
+        np.testing.assert_allclose(b[K.DIPOLE_AU], s[K.DIPOLE_AU], atol=1e-5)
+        np.testing.assert_allclose(b[K.POLARIZABILITY_AU], s[K.POLARIZABILITY_AU], atol=1e-5)
+        assert b[K.N_ELECTRONS] == pytest.approx(s[K.N_ELECTRONS], abs=1e-5)
+
+
+def test_a_failing_batch_only_fails_the_offending_molecule(predictor: Predictor) -> None:
+    rows = conformer_rows(2, seed=4)
+    poisoned = dict(rows[2])
+    poisoned[K.POSITIONS_ANGSTROM] = [[0.0, 0.0, float("nan")]] * len(poisoned[K.NUMBERS])
+    rows[2] = poisoned
+    calls = {"n": 0}
+    original = predictor._run_batch
+
+    def flaky(mols, out_rows):  # the first (full) batch raises; one-by-one works
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated batch failure")
+        return original(mols, out_rows)
+
+    predictor._run_batch = flaky
+    try:
+        out = predictor.predict_rows(rows)
+    finally:
+        del predictor._run_batch
+    assert len(out) == len(rows)
+    assert out[2][K.STATUS] == "prediction_failed" and "non-finite" in out[2][K.ERROR]
+    assert [o[K.STATUS] for i, o in enumerate(out) if i != 2] == ["ok"] * (len(rows) - 1)
+
+
+def test_rotation_covariance_on_a_real_molecule(predictor: Predictor) -> None:
+    row = conformer_rows(1)[3]  # methanol
+    pos = np.asarray(row[K.POSITIONS_ANGSTROM])
+    q, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))  # proper rotation
+    rotated = dict(row, **{K.POSITIONS_ANGSTROM: (pos @ q.T).tolist()})
+    a, b = predictor.predict_rows([row, rotated])
+    np.testing.assert_allclose(b[K.DIPOLE_AU], q @ np.asarray(a[K.DIPOLE_AU]), atol=1e-4)
+    alpha_a = np.asarray(a[K.POLARIZABILITY_AU]).reshape(3, 3)
+    alpha_b = np.asarray(b[K.POLARIZABILITY_AU]).reshape(3, 3)
+    np.testing.assert_allclose(alpha_b, q @ alpha_a @ q.T, atol=1e-4)
+    assert b[K.ALPHA_ISO_AU] == pytest.approx(a[K.ALPHA_ISO_AU], abs=1e-4)
+    assert b[K.DIPOLE_DEBYE] == pytest.approx(a[K.DIPOLE_DEBYE], abs=1e-4)
+
+
+def test_card_charges_allow_ions(tmp_path: Path) -> None:
+    d = make_model_dir(tmp_path / "ionic", card={"charges_in_data": [-1, 0, 1]})
+    out = Predictor(d).predict_rows([_row(0, "hydroxide", *HYDROXIDE, charge=-1)])[0]
+    assert out[K.STATUS] == "ok"
+    assert out[K.N_ELECTRONS] == pytest.approx(10.0, abs=1e-4)
+
+
+def test_missing_models(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(ModelNotFoundError, match="model directory not found"):
+        Predictor(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="not a densnet model directory"):
+        resolve_model_dir(tmp_path / "empty")
+    import densnet_core.predict as P
+
+    monkeypatch.setattr(P, "default_model_dir", lambda: tmp_path / "no-default")
+    with pytest.raises(ModelNotFoundError, match=r"no default model at .*densnet train"):
+        resolve_model_dir(None)
+
+
+def test_boltzmann_weights_and_average() -> None:
+    w = boltzmann_weights([0.0, 3.0])
+    assert w[0] > 0.99 and w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(boltzmann_weights([1.0, 1.0, 1.0]), [1 / 3] * 3)
+    np.testing.assert_allclose(boltzmann_weights([0.0, float("nan")]), [0.5, 0.5])
+
+    def pred(rec, cid, alpha, mu, status="ok"):
+        return {
+            K.RECORD_INDEX: rec, K.NAME: f"m{rec}", K.SMILES: "C", K.MOL_ID: f"id{rec}",
+            K.CONFORMER_ID: cid, K.MODEL_ID: "m", K.ALPHA_ISO_AU: alpha,
+            K.DIPOLE_DEBYE: mu, "alpha_aniso_au": 1.0, K.STATUS: status,
+            K.ERROR: "" if status == "ok" else "x",
+        }  # fmt: skip
+
+    preds = pd.DataFrame(
+        [
+            pred(0, 0, 10.0, 1.0),
+            pred(0, 1, 20.0, 3.0),  # 3 kcal/mol higher: weight ~0.6 %
+            pred(1, 0, 10.0, 1.0),
+            pred(1, 1, 20.0, 3.0),  # same energy: plain mean
+            pred(2, 0, math.nan, math.nan, status="invalid_smiles"),
+        ]
+    )
+    confs = pd.DataFrame(
+        {
+            K.RECORD_INDEX: [0, 0, 1, 1, 2],
+            K.CONFORMER_ID: [0, 1, 0, 1, 0],
+            K.MMFF_ENERGY_KCAL: [5.0, 8.0, 2.0, 2.0, math.nan],
+        }
+    )
+    mol = boltzmann_average(preds, confs).set_index(K.RECORD_INDEX)
+    assert list(mol.index) == [0, 1, 2]
+    assert 10.0 < mol.loc[0, K.ALPHA_ISO_AU] < 10.1
+    assert mol.loc[0, "lowest_conformer_id"] == 0 and mol.loc[0, "max_weight"] > 0.99
+    assert mol.loc[1, K.ALPHA_ISO_AU] == pytest.approx(15.0)
+    assert mol.loc[1, K.DIPOLE_DEBYE] == pytest.approx(2.0)
+    assert (mol.loc[1, "alpha_iso_au_min"], mol.loc[1, "alpha_iso_au_max"]) == (10.0, 20.0)
+    assert mol.loc[2, K.STATUS] == "invalid_smiles" and mol.loc[2, "n_conformers"] == 0
