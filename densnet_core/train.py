@@ -817,6 +817,9 @@ def _card_base(
         "n_val_molecules": len({s.mol_id for s in val_s}),
         "n_val_conformers": len(val_s),
         "elements_in_data": _elements(samples),
+        # what the model has seen: predict refuses other charges and multiplicities
+        "charges_in_data": sorted({round(float(s.inputs.charge)) for s in samples}),
+        "multiplicities_in_data": sorted({int(s.multiplicity) for s in samples}),
         "training_inchikeys": [m for m in train_mols if is_inchikey(m)],
         "validation_inchikeys": sorted({s.mol_id for s in val_s if is_inchikey(s.mol_id)}),
         "training_settings": dict(run_config),

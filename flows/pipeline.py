@@ -22,6 +22,7 @@ from rdkit import RDConfig
 
 from densnet_core.level import LevelOfTheory
 from densnet_core.modelio import read_model_info
+from densnet_core.predict import ModelNotFoundError, resolve_model_dir
 from flows.label import label_flow
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "densnet" / "demo" / "demo.toml"
@@ -120,15 +121,26 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     )
     timings["label"] = time.perf_counter() - t
 
-    model_dir = config.model_dir
-    if config.fine_tune_epochs > 0:
+    try:
+        model_dir: str | None = str(resolve_model_dir(config.model_dir))
+    except ModelNotFoundError as exc:
+        if config.model_dir is not None:
+            raise
+        # no default model shipped yet: a new model is trained on the seed labels alone
+        logger.warning("%s; training a new model on the seed labels only", exc)
+        summary["note"] = (
+            "no default model available: the model was trained on the seed labels alone, "
+            "so its predictions are not yet meaningful"
+        )
+        model_dir = None
+    if config.fine_tune_epochs > 0 or model_dir is None:
         t = time.perf_counter()
         tuned = out / "model"
         summary["train"] = train_flow(
             labels_dir=str(labels_dir),
             model_dir=str(tuned),
             init=model_dir,
-            epochs=config.fine_tune_epochs,
+            epochs=max(1, config.fine_tune_epochs),
             level=config.level,
         )
         model_dir = str(tuned)
@@ -156,6 +168,7 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
         f"- seed labels: `{labels_dir}` — {summary['label']['status_counts']}",
         f"- model: `{info.model_id if info else 'default'}`",
         f"- predictions: `{predictions}` — {summary['screen'].get('status_counts', {})}",
+        *([f"- **note:** {summary['note']}"] if "note" in summary else []),
         "",
         "| stage | seconds |",
         "|---|---|",

@@ -59,4 +59,5 @@ def run(
     say(f"predictions:  {summary['predictions']}  ({status_line(screen.get('status_counts', {}))})")
     say("open them with:")
     say(f"  python -c \"import pandas as pd; print(pd.read_parquet('{summary['predictions']}'))\"")
-    say("  or the review notebook: notebooks/lead_optimization_review.ipynb")
+    if "note" in summary:
+        say(f"note: {summary['note']}")
