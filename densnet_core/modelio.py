@@ -29,13 +29,13 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from densnet_core.level import LevelOfTheory
+from densnet_core.store import atomic_file
 
 __all__ = [
     "CARD_FILE",
@@ -125,16 +125,8 @@ def weights_sha1(path: str | os.PathLike[str]) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -183,7 +175,10 @@ def save_model(
     aux = model.config.get("aux_basis") or level.fit_auxbasis
     if aux != level.fit_auxbasis:
         raise ValueError(f"model aux basis {aux!r} != level's fit_auxbasis {level.fit_auxbasis!r}")
-    blob = st_save(state, metadata={"format": "pt", "densnet_format": FORMAT})
+    # One metadata key only: safetensors writes the metadata map in a random order, so with
+    # two keys the same weights gave different bytes (and model ids) from call to call.
+    # The densnet format is recorded in config.json.
+    blob = st_save(state, metadata={"format": "pt"})
     sha = hashlib.sha1(blob).hexdigest()
     _atomic_write_bytes(model_dir / WEIGHTS_FILE, blob)
     config = {

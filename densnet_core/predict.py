@@ -553,27 +553,13 @@ def write_molecules_table(df: Any, path: str | os.PathLike[str]) -> Path:
     inferred; the file carries the same ``schema_version``/``table`` metadata as the store's
     tables and is written the same way (temporary file in the folder, fsync, rename).
     """
-    import uuid
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from densnet_core.store import SCHEMA_VERSION
+    from densnet_core.store import SCHEMA_VERSION, write_parquet_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tbl = pa.Table.from_pandas(df, preserve_index=False)
     tbl = tbl.replace_schema_metadata(
         {b"schema_version": SCHEMA_VERSION.encode(), b"table": b"molecules"}
     )
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(tbl, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_parquet_atomic(tbl, path)

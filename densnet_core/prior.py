@@ -24,8 +24,6 @@ Units: coefficients in e per normalised aux function (so ``q @ c`` is in e).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
@@ -39,6 +37,7 @@ from densnet_core.basis import element_layout, make_auxmol
 from densnet_core.fitting import fit_density
 from densnet_core.level import LevelOfTheory
 from densnet_core.settings import get_settings
+from densnet_core.store import atomic_file
 
 __all__ = [
     "DEFAULT_PRIOR_ELEMENTS",
@@ -122,20 +121,12 @@ def _read_npz(path: Path) -> dict[int, np.ndarray]:
 
 
 def _write_npz_atomic(path: Path, vectors: dict[int, np.ndarray], level: LevelOfTheory) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                level_json=np.array(json.dumps(level.model_dump(), sort_keys=True)),
-                **{f"Z{z}": v for z, v in sorted(vectors.items())},
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as fh:
+        np.savez(
+            fh,
+            level_json=np.array(json.dumps(level.model_dump(), sort_keys=True)),
+            **{f"Z{z}": v for z, v in sorted(vectors.items())},
+        )
 
 
 class PriorLibrary:

@@ -17,12 +17,13 @@ part per finished batch, so a killed run loses at most the batch in flight.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -180,6 +181,36 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary writing, atomically.
+
+    Writes go to a temporary file in the same folder; on a clean exit it is flushed, synced
+    and renamed over ``path`` (then the folder is synced). On an exception the temporary file
+    is removed and ``path`` is untouched. The folder is created if needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def write_parquet_atomic(tbl: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write an Arrow table to ``path`` atomically (zstd); returns the path."""
+    with atomic_file(path) as fh:
+        pq.write_table(tbl, fh, compression="zstd")
+    return Path(path)
+
+
 def write_table(
     data: pd.DataFrame | Sequence[Mapping[str, Any]], path: str | os.PathLike[str], table: str
 ) -> Path:
@@ -199,21 +230,8 @@ def write_table(
     Path
         The destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tbl = to_arrow(data, table)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(tbl, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+    tbl = to_arrow(data, table)  # validate before touching the destination
+    return write_parquet_atomic(tbl, path)
 
 
 def _check_metadata(schema: pa.Schema, table: str | None, where: Path) -> None:

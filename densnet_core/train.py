@@ -42,7 +42,6 @@ import math
 import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,6 +77,7 @@ from densnet_core.modelio import (
     resolve_device,
     save_model,
 )
+from densnet_core.store import atomic_file
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -274,17 +274,8 @@ def _lr_lambda(total_steps: int) -> Callable[[int], float]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
