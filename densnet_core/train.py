@@ -63,6 +63,7 @@ from densnet_core.dataset import (
 from densnet_core.level import DEFAULT_LEVEL, LevelOfTheory
 from densnet_core.losses import (
     DEFAULT_LOSS_WEIGHTS,
+    METRIC_NAMES,
     coulomb_norm2,
     loss_terms,
     make_batch,
@@ -396,19 +397,7 @@ def evaluate(
     model.train(was_training)
     out: dict[str, dict[str, float]] = {}
     for who in ("model", "prior"):
-        out[who] = {
-            key: nan_mean(acc[who].get(key, []))
-            for key in (
-                "loss",
-                "density_coulomb",
-                "response_coulomb",
-                "density_nmae_pct",
-                "dipole_mae_debye",
-                "alpha_iso_mae_au",
-                "alpha_iso_mape_pct",
-                "alpha_aniso_mae_au",
-            )
-        }
+        out[who] = {key: nan_mean(acc[who].get(key, [])) for key in METRIC_NAMES}
         out[who]["n_conformers"] = float(n)
     return out
 
