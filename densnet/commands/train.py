@@ -33,6 +33,23 @@ def _parse_level(text: str | None):
         raise _fail(f"--level: not a level of theory ({exc})") from None
 
 
+def _parse_loss_weights(text: str | None) -> dict[str, float] | None:
+    """--loss-weights: a JSON object of term weights, e.g. '{"dipole": 1.0}'."""
+    if text is None:
+        return None
+    from densnet_core.losses import DEFAULT_LOSS_WEIGHTS
+
+    try:
+        raw = json.loads(text)
+        weights = {str(k): float(v) for k, v in dict(raw).items()}
+    except (ValueError, TypeError) as exc:
+        raise _fail(f"--loss-weights: not a JSON object of numbers ({exc})") from None
+    unknown = sorted(set(weights) - set(DEFAULT_LOSS_WEIGHTS))
+    if unknown:
+        raise _fail(f"--loss-weights: unknown terms {unknown}; known: {list(DEFAULT_LOSS_WEIGHTS)}")
+    return weights
+
+
 def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
 
@@ -57,6 +74,14 @@ def train(
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Fraction of molecules for validation.")
     ] = 0.1,
+    loss_weights: Annotated[
+        str | None,
+        typer.Option(
+            help='Loss term weights as JSON, e.g. \'{"dipole": 1.0, "polarizability": 1.0}\' '
+            "(terms: density, response, dipole, polarizability; missing terms keep their "
+            "defaults)."
+        ),
+    ] = None,
     level: Annotated[
         str | None,
         typer.Option(
@@ -76,6 +101,7 @@ def train(
 
     console = Console(stderr=True)
     lvl = _parse_level(level)
+    weights = _parse_loss_weights(loss_weights)
     if preset not in ("small", "default"):
         raise _fail(f"--preset must be small or default, not {preset!r}")
 
@@ -113,6 +139,7 @@ def train(
             max_hours=max_hours,
             patience=patience,
             val_fraction=val_fraction,
+            loss_weights=weights,
             progress=progress,
             status=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False),
         )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pyscf import dft, gto
+from pyscf import gto
 
 from densnet_core import keys as K
 from densnet_core.basis import charge_integrals, dipole_integrals, make_auxmol
 from densnet_core.labelling import label_conformer, label_key
 from densnet_core.level import LevelOfTheory
 from densnet_core.units import DEBYE_PER_AU
+from tests._pyscf_reference import independent_pyscf
 
 # formaldehyde, Å (a small molecule with a real dipole)
 FORMALDEHYDE = (
@@ -36,27 +37,6 @@ def _row(numbers, positions, *, charge=0, multiplicity=1, status="ok", error="")
     }
 
 
-def _independent_pyscf(numbers, positions_angstrom, field_au=None):
-    """B3LYP/def2-SVPD, DF, grid 3 straight from PySCF, optionally in a uniform field."""
-    mol = gto.M(
-        atom=list(zip(numbers, [tuple(p) for p in positions_angstrom], strict=True)),
-        basis="def2-svpd",
-        unit="Angstrom",
-        verbose=0,
-    )
-    mf = dft.RKS(mol, xc="b3lyp").density_fit()
-    mf.grids.level = 3
-    mf.conv_tol = 1e-11
-    if field_au is not None:
-        h = mol.intor("int1e_kin") + mol.intor("int1e_nuc")
-        r = mol.intor("int1e_r")
-        # electrons (charge -1) in a field E: H' = +E·r
-        mf.get_hcore = lambda *args: h + np.einsum("x,xij->ij", field_au, r)
-    mf.kernel()
-    assert mf.converged
-    return mol, mf
-
-
 @pytest.fixture(scope="module")
 def formaldehyde_label():
     return label_conformer(_row(*FORMALDEHYDE), LevelOfTheory())
@@ -67,7 +47,7 @@ def test_label_matches_independent_pyscf(formaldehyde_label):
     lab = formaldehyde_label
     assert lab[K.STATUS] == "ok", lab[K.ERROR]
     numbers, positions = FORMALDEHYDE
-    _, mf = _independent_pyscf(numbers, positions)
+    _, mf = independent_pyscf(numbers, positions)
     assert lab[K.ENERGY_HARTREE] == pytest.approx(mf.e_tot, abs=1e-7)
     mu_ref = mf.dip_moment(unit="AU", verbose=0)
     # the label's SCF stops at conv_tol=1e-9 Eh, the reference at 1e-11: dipoles agree to ~1e-6
@@ -79,8 +59,8 @@ def test_label_matches_independent_pyscf(formaldehyde_label):
     for j in range(3):
         e = np.zeros(3)
         e[j] = f
-        mu_p = _independent_pyscf(numbers, positions, e)[1].dip_moment(unit="AU", verbose=0)
-        mu_m = _independent_pyscf(numbers, positions, -e)[1].dip_moment(unit="AU", verbose=0)
+        mu_p = independent_pyscf(numbers, positions, e)[1].dip_moment(unit="AU", verbose=0)
+        mu_m = independent_pyscf(numbers, positions, -e)[1].dip_moment(unit="AU", verbose=0)
         alpha[:, j] = (mu_p - mu_m) / (2 * f)
     pol = np.asarray(lab[K.POLARIZABILITY_AU]).reshape(3, 3)
     np.testing.assert_allclose(pol, pol.T, atol=1e-8)

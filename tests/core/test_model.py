@@ -518,3 +518,50 @@ def test_default_preset_equivariant_float64():
 def test_model_is_copyable_and_float64_parameters(model64):
     m2 = copy.deepcopy(model64)
     assert all(p.dtype == torch.float64 for p in m2.parameters())
+
+
+def test_bromine_jkfit_heads_are_reachable_and_equivariant():
+    """Br in def2-universal-jkfit has l <= 5 shells (its field response reaches l = 6): both
+    presets build heads for it, and density and response rotate as they must (float64)."""
+    from densnet_core.basis import element_irreps
+
+    aux = "def2-universal-jkfit"
+    irreps = {z: element_irreps(z, aux) for z in (1, 6, 35)}
+    assert max(ir.l for _, ir in o3.Irreps(irreps[35])) == 5
+    for preset in ("small", "default"):
+        DensityModel.from_preset(preset, irreps_by_element=irreps, aux_basis=aux)
+    torch.manual_seed(0)
+    model = DensityModel.from_preset("small", irreps_by_element=irreps, aux_basis=aux)
+    model = model.double().eval()
+    numbers = np.array([6, 35, 1, 1, 1])  # bromomethane, slightly distorted
+    pos0 = np.array(
+        [
+            [0.0, 0.0, 0.0],
+            [0.1, 0.05, 3.66],
+            [1.95, 0.1, -0.7],
+            [-1.0, 1.7, -0.66],
+            [-0.9, -1.6, -0.7],
+        ]
+    )
+    mol_irreps = o3.Irreps("+".join(str(o3.Irreps(irreps[int(z)])) for z in numbers))
+
+    def run(pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = collate(
+            [MoleculeInput(numbers=numbers, positions_bohr=pos, charge=0.0)],
+            element_dims=model.element_dims,
+            cutoff_bohr=None,
+            dtype=torch.float64,
+        )
+        with torch.no_grad():
+            out = model(batch)
+        return out["density_coeffs"], out["response_coeffs"]  # (M,), (3, M)
+
+    rho0, resp0 = run(pos0)
+    torch.manual_seed(3)
+    rot = o3.rand_matrix(dtype=torch.float64)
+    rho1, resp1 = run(pos0 @ rot.numpy().T)
+    d = mol_irreps.D_from_matrix(rot)
+    assert resp0.abs().max() > 1e-3
+    torch.testing.assert_close(rho1, d @ rho0, atol=1e-6, rtol=0)
+    # response[j] = d rho / d E_j: rotates as the density on mu and as a vector on j
+    torch.testing.assert_close(resp1, rot @ (resp0 @ d.T), atol=1e-6, rtol=0)

@@ -24,6 +24,7 @@ from densnet_core import store
 from densnet_core.level import LevelOfTheory
 from flows.label import label_flow
 from flows.runners import task_runner
+from tests._pyscf_reference import independent_pyscf
 
 CHEAP = LevelOfTheory(xc="hf", basis="sto-3g", conv_tol=1e-10)
 
@@ -162,26 +163,11 @@ $$$$
 """
 
 
-def _pyscf_reference(numbers, positions_angstrom, field_au=None):
-    """B3LYP/def2-SVPD (DF, grid 3) straight from PySCF, optionally in a uniform field."""
-    from pyscf import dft, gto
-
-    mol = gto.M(
-        atom=[(int(z), tuple(p)) for z, p in zip(numbers, positions_angstrom, strict=True)],
-        basis="def2-svpd",
-        unit="Angstrom",
-        verbose=0,
+def _pyscf_dipole_au(numbers, positions_angstrom, field_au=None) -> np.ndarray:
+    """(3,) dipole of an independent PySCF calculation, e·bohr."""
+    return independent_pyscf(numbers, positions_angstrom, field_au)[1].dip_moment(
+        unit="AU", verbose=0
     )
-    mf = dft.RKS(mol, xc="b3lyp").density_fit()
-    mf.grids.level = 3
-    mf.conv_tol = 1e-11
-    if field_au is not None:
-        h = mol.intor("int1e_kin") + mol.intor("int1e_nuc")
-        r = mol.intor("int1e_r")
-        mf.get_hcore = lambda *args: h + np.einsum("x,xij->ij", field_au, r)
-    mf.kernel()
-    assert mf.converged
-    return mf.dip_moment(unit="AU", verbose=0)
 
 
 @pytest.mark.slow
@@ -199,7 +185,7 @@ def test_densnet_label_on_an_sdf_matches_independent_pyscf(tmp_path):
     positions = np.stack(lab[K.POSITIONS_ANGSTROM])
     # the SDF coordinates are used as they are
     np.testing.assert_allclose(positions[:2], [[0, 0, 0], [1.69, 0, 0]], atol=1e-6)
-    mu = _pyscf_reference(numbers, positions)
+    mu = _pyscf_dipole_au(numbers, positions)
     mu_label = np.asarray(lab[K.DIPOLE_AU])
     assert abs(np.linalg.norm(mu_label) - np.linalg.norm(mu)) * DEBYE_PER_AU < 0.005
     f = 1e-3
@@ -208,7 +194,7 @@ def test_densnet_label_on_an_sdf_matches_independent_pyscf(tmp_path):
         e = np.zeros(3)
         e[j] = f
         alpha[:, j] = (
-            _pyscf_reference(numbers, positions, e) - _pyscf_reference(numbers, positions, -e)
+            _pyscf_dipole_au(numbers, positions, e) - _pyscf_dipole_au(numbers, positions, -e)
         ) / (2 * f)
     iso_label = np.trace(np.asarray(lab[K.POLARIZABILITY_AU]).reshape(3, 3)) / 3
     assert iso_label == pytest.approx(np.trace(alpha) / 3, rel=0.005)
