@@ -69,11 +69,16 @@ __all__ = [
     "prior_prediction",
 ]
 
+# Measured on the seed labels (35-36 conformers, 4 validation molecules, 100 epochs, default
+# preset): density + response only gave val dipole MAE 1.09 D / alpha_iso MAPE 3.1 % / density
+# NMAE 3.4 %; adding dipole 2.0 gave 0.58 D / 9.3 % / 7.1 %; dipole 0.3 + polarizability 10
+# gave 0.58 D / 3.7 % / 6.0 % (SAD prior: 2.69 D / 100 % / 10.6 %). The observables are what
+# users screen on, so the default keeps the two observable terms at that balance.
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "density": 1.0,
     "response": 1.0,
-    "dipole": 0.0,
-    "polarizability": 0.0,
+    "dipole": 0.3,
+    "polarizability": 10.0,
 }
 
 METRIC_NAMES: tuple[str, ...] = (
