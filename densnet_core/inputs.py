@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from densnet_core import keys as K
-from densnet_core import store
+
+# ``densnet_core.store`` (pandas, pyarrow: ~1 s to import) is imported only where a Parquet
+# file is looked at, so that conformer worker processes, which never read one, start fast.
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "csv"
     if suffix in SDF_SUFFIXES:
         return "sdf"
+    from densnet_core import store
+
     table = store.table_name(path)
     if table == "conformers":
         return "conformers"
@@ -305,6 +309,8 @@ def _plain_value(value: Any) -> Any:
 
 
 def _read_conformers_table(path: Path) -> list[InputRecord]:
+    from densnet_core import store
+
     df = store.read_table(path, "conformers")
     records: list[InputRecord] = []
     if df.empty:

@@ -21,6 +21,7 @@ NUMBERS = "numbers"  # list<int> (N,): atomic numbers
 POSITIONS_ANGSTROM = "positions_angstrom"  # list<list<float>> (N, 3): Cartesian coordinates, Å
 MMFF_ENERGY_KCAL = "mmff_energy_kcal"  # float: force-field energy, kcal/mol (MMFF94 or UFF)
 FORCE_FIELD = "force_field"  # str: "MMFF94", "UFF", or "none" (SDF kept as is)
+FF_CONVERGED = "ff_converged"  # bool | None: force-field optimisation met RDKit's criteria
 FRAGMENT_NOTE = "fragment_note"  # str: what was stripped (salts, solvents); "" if nothing
 STEREO_NOTE = "stereo_note"  # str: unassigned stereocentres embedded at random; "" if none
 N_HEAVY_ATOMS = "n_heavy_atoms"  # int

@@ -14,8 +14,12 @@ from rdkit.Chem import AllChem, rdMolAlign
 from densnet_core import keys as K
 from densnet_core import store
 from densnet_core.conformers import (
+    FF_CONVERGED,
     conformer_key,
+    conformers_table,
+    pool_batch_size,
     process_batch,
+    process_records,
     status_counts,
 )
 from densnet_core.inputs import InputRecord, read_records
@@ -44,6 +48,7 @@ def test_ok_row_has_every_column_and_sane_geometry() -> None:
     d_co = np.linalg.norm(pos[1] - pos[2])  # C-O bond
     assert 1.38 < d_co < 1.46
     assert row[K.FORCE_FIELD] == "MMFF94" and math.isfinite(row[K.MMFF_ENERGY_KCAL])
+    assert row[FF_CONVERGED] is True
     assert row[K.N_HEAVY_ATOMS] == 3 and mol.GetNumAtoms() == 9
     assert row[K.CONFORMER_KEY] == conformer_key(row[K.NUMBERS], pos, 0, 1)
 
@@ -321,3 +326,80 @@ def test_empty_table_has_the_schema(tmp_path: Path) -> None:
     path = store.write_table(process_batch([]), tmp_path / "empty.parquet", "conformers")
     df = store.read_table(path, "conformers")
     assert len(df) == 0 and set(store.SCHEMAS["conformers"].names) <= set(df.columns)
+
+
+# --- force-field convergence -----------------------------------------------------------------
+def test_optimised_geometry_is_a_converged_mmff94_minimum() -> None:
+    smiles = "CC(=O)Nc1ccc(O)cc1OCCN(C)C"
+    row = one(smiles)
+    assert row[K.FORCE_FIELD] == "MMFF94" and row[FF_CONVERGED] is True
+    mol = _mol_from_row(smiles, row)
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    ff = AllChem.MMFFGetMoleculeForceField(mol, props)
+    assert ff.CalcEnergy() == pytest.approx(row[K.MMFF_ENERGY_KCAL], abs=1e-3)
+    assert np.abs(np.array(ff.CalcGrad())).max() < 0.05  # kcal/mol/Å: at a minimum
+    assert ff.Minimize(maxIts=1000) == 0
+    assert ff.CalcEnergy() == pytest.approx(row[K.MMFF_ENERGY_KCAL], abs=1e-3)
+
+
+def test_unconverged_optimisation_is_reported() -> None:
+    row = one("CC(=O)Nc1ccc(O)cc1OCCN(C)C", mmff_max_iters=3)
+    assert row[K.STATUS] == "ok" and row[FF_CONVERGED] is False
+    uff = one("C[Si](C)(C)C", supported_elements=("H", "C", "Si"))
+    assert isinstance(uff[FF_CONVERGED], bool)
+    assert one("C1CC")[FF_CONVERGED] is None
+
+
+def test_sdf_3d_rows_are_not_optimised(tmp_path: Path) -> None:
+    p = _sdf(tmp_path, _embedded("OCC(=O)N"))
+    assert process_batch(read_records(p))[0][FF_CONVERGED] is None
+
+
+# --- process pool and whole-file path --------------------------------------------------------
+MIXED = ["CCO", "C1CC", "CC(=O)[O-].[Na+]", "[CH3]", "C[Si](C)(C)C", "C" * 120, "CC(O)CC"]
+
+
+def test_pool_matches_in_process_and_keeps_order() -> None:
+    records = [rec(s, i, f"n{i}") for i, s in enumerate(MIXED * 3)]
+    serial = process_batch(records, n_conformers=2)
+    done: list[int] = []
+    pooled = process_records(
+        records, workers=2, batch_size=2, on_progress=done.append, n_conformers=2
+    )
+    assert sum(done) == len(records) and len(done) == math.ceil(len(records) / 2)
+    assert [r[K.RECORD_INDEX] for r in pooled] == [r[K.RECORD_INDEX] for r in serial]
+    assert [r[K.CONFORMER_KEY] for r in pooled] == [r[K.CONFORMER_KEY] for r in serial]
+    assert [r[K.STATUS] for r in pooled] == [r[K.STATUS] for r in serial]
+
+
+def test_pool_batch_size() -> None:
+    assert pool_batch_size(1017, 2) == 16
+    assert pool_batch_size(10, 2) == 1
+    assert pool_batch_size(0, 2) == 1
+
+
+def test_conformers_table_writes_every_record(tmp_path: Path) -> None:
+    src = tmp_path / "in.smi"
+    src.write_text("".join(f"{s} n{i}\n" for i, s in enumerate(MIXED)))
+    seen: list[tuple[int, int]] = []
+    summary = conformers_table(
+        src,
+        tmp_path / "out.parquet",
+        workers=2,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    assert summary["n_records"] == len(MIXED) and summary["workers"] == 2
+    assert summary["status_counts"] == {
+        "ok": 4,
+        "invalid_smiles": 1,
+        "unsupported_element": 1,
+        "too_large": 1,
+    }
+    assert seen[0] == (0, len(MIXED)) and seen[-1] == (len(MIXED), len(MIXED))
+    df = store.read_table(summary["output"], "conformers")
+    assert list(df[K.RECORD_INDEX]) == list(range(len(MIXED)))
+    assert list(df[K.NAME]) == [f"n{i}" for i in range(len(MIXED))]
+    assert df.loc[2, K.FRAGMENT_NOTE] == "kept largest fragment; removed: [Na+]"
+    assert df.loc[2, K.CHARGE] == -1 and df.loc[3, K.MULTIPLICITY] == 2
+    assert df.loc[6, K.STEREO_NOTE].startswith("1 unassigned stereocentre")
+    assert list(df[FF_CONVERGED]) == [True, None, True, True, None, None, True]

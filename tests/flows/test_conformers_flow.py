@@ -121,15 +121,47 @@ def test_cli_errors_and_empty_input(tmp_path: Path) -> None:
     assert len(df) == 0 and K.CONFORMER_KEY in df.columns
 
 
+def test_cli_default_runs_the_library_without_prefect(mixed_smi: Path, tmp_path: Path) -> None:
+    out = tmp_path / "local.parquet"
+    res = CliRunner().invoke(
+        app, ["conformers", str(mixed_smi), "-o", str(out), "--workers", "2", "--batch-size", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "10 records → 10 conformers" in res.output and "no Prefect" in res.output
+    assert "status: ok 6, unsupported_element 2, invalid_smiles 1, too_large 1" in res.output
+    df = store.read_table(out, "conformers")
+    assert list(df[K.RECORD_INDEX]) == list(range(10))
+    assert list(df[K.NAME]) == [n for _, n in MIXED]
+    assert df.loc[2, K.CHARGE] == -1 and df.loc[3, K.MULTIPLICITY] == 2
+
+
+def test_cli_default_does_not_import_prefect(mixed_smi: Path, tmp_path: Path) -> None:
+    """Prefect's import and temporary server cost more than the conformers of 1,000 molecules."""
+    out = tmp_path / "plain.parquet"
+    script = (
+        "import sys\n"
+        "from densnet.cli import app\n"
+        f"app(['conformers', {str(mixed_smi)!r}, '-o', {str(out)!r}, '--workers', '1'],"
+        " standalone_mode=False)\n"
+        "print('prefect imported:', 'prefect' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "prefect imported: False" in proc.stdout
+    assert store.read_table(out, "conformers")[K.RECORD_INDEX].nunique() == 10
+
+
 @pytest.mark.slow
 def test_densnet_console_script_end_to_end(mixed_smi: Path, tmp_path: Path) -> None:
-    """The installed `densnet` command, its own temporary Prefect server (no API URL)."""
+    """The installed `densnet` command with --prefect: its own temporary Prefect server."""
     exe = shutil.which("densnet") or f"{sys.executable} -m densnet"
     out = tmp_path / "cli.parquet"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # no shared database, no server running
     proc = subprocess.run(
-        [*exe.split(), "conformers", str(mixed_smi), "-o", str(out), "--workers", "2"],
+        [*exe.split(), "conformers", str(mixed_smi), "-o", str(out), "--workers", "2", "--prefect"],
         capture_output=True,
         text=True,
         env=env,
@@ -137,6 +169,7 @@ def test_densnet_console_script_end_to_end(mixed_smi: Path, tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "10 records" in proc.stdout and "ok 6" in proc.stdout
+    assert "Prefect flow" in proc.stdout
     assert f"output: {out}" in proc.stdout
     assert "Traceback" not in proc.stderr
     df = store.read_table(out, "conformers")
