@@ -116,7 +116,8 @@ def label_conformer(
     dict
         A labels-table row: energy (Eh), forces (N, 3) Eh/bohr, dipole (3,) e·bohr about the
         centre of nuclear charge, polarizability (9,) bohr³ row-major (CPKS, symmetrised),
-        density coefficients (M,) and response coefficients (3·M,) in PySCF aux-AO order,
+        density coefficients (M,) and response coefficients (3·M,) in PySCF aux-AO order
+        (polarizability and response None when ``level.polarizability`` is False),
         fitting floor (%), SCF diagnostics, wall time, status and error.
     """
     out = _empty_label(row, level)
@@ -177,8 +178,10 @@ def _label_into(
     origin = qm.centre_of_nuclear_charge_bohr(mol)
     dipole = qm.dipole_au(mf, origin_bohr=origin)
     out[K.DIPOLE_AU] = dipole.tolist()
-    alpha, dm1 = qm.polarizability_au(mf)
-    out[K.POLARIZABILITY_AU] = np.asarray(alpha).reshape(9).tolist()
+    dm1 = None
+    if level.polarizability:
+        alpha, dm1 = qm.polarizability_au(mf)
+        out[K.POLARIZABILITY_AU] = np.asarray(alpha).reshape(9).tolist()
 
     auxmol = make_auxmol(mol, level.fit_auxbasis)
     fitter = CoulombFitter(auxmol)
@@ -193,9 +196,10 @@ def _label_into(
         fitter=fitter,
         max_memory_mb=max_memory_mb / 4,
     )
-    response = fit_response(mol, dm1, auxmol, fitter=fitter, max_memory_mb=max_memory_mb / 4)
     out[K.DENSITY_COEFFS] = fit.coeffs.tolist()
-    out[K.RESPONSE_COEFFS] = response.reshape(-1).tolist()
+    if dm1 is not None:
+        response = fit_response(mol, dm1, auxmol, fitter=fitter, max_memory_mb=max_memory_mb / 4)
+        out[K.RESPONSE_COEFFS] = response.reshape(-1).tolist()
     if with_fit_error:
         out[K.FIT_ERROR_PERCENT] = float(
             fit_error_percent(mol, dm, auxmol, fit.coeffs, grid_level=level.grid_level)

@@ -34,6 +34,14 @@ class LevelOfTheory(BaseModel):
     fit_auxbasis
         Auxiliary basis the labelled density (and its response) is fitted in, i.e. the basis
         the model predicts coefficients of.
+    polarizability
+        Compute the CPKS polarizability and the fitted density response (True, the default).
+        False skips both (about half of a label's cost), for labels that only need energies,
+        forces, dipoles and densities (molecular-dynamics training data): those labels have
+        ``polarizability_au`` and ``response_coeffs`` null. It is part of the hash only when
+        False, so the default level's hash (and every existing label cache) is unchanged,
+        while labels without a polarizability never count as finished labels of the full
+        level (and vice versa).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -46,11 +54,19 @@ class LevelOfTheory(BaseModel):
     conv_tol: float = Field(default=1e-9, gt=0)
     max_cycle: int = Field(default=100, ge=1)
     fit_auxbasis: str = "def2-universal-jkfit"
+    polarizability: bool = True
 
     @property
     def hash(self) -> str:
-        """sha1[:16] of the settings (stable across runs and machines)."""
-        payload = json.dumps(self.model_dump(), sort_keys=True).encode()
+        """sha1[:16] of the settings (stable across runs and machines).
+
+        ``polarizability`` enters only when False: the hash of every level that computes it is
+        what it was before the field existed.
+        """
+        fields = self.model_dump()
+        if fields["polarizability"]:
+            del fields["polarizability"]
+        payload = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha1(payload).hexdigest()[:16]
 
     @property
@@ -60,7 +76,8 @@ class LevelOfTheory(BaseModel):
         basis = self.basis.replace("def2-svpd", "def2-SVPD").replace("def2-svp", "def2-SVP")
         df = " DF" if self.density_fit else ""
         grid = "" if self.xc.lower() == "hf" else f" grid{self.grid_level}"
-        return f"{xc}/{basis}{df}{grid} fit:{self.fit_auxbasis}"
+        alpha = "" if self.polarizability else " no-alpha"
+        return f"{xc}/{basis}{df}{grid} fit:{self.fit_auxbasis}{alpha}"
 
 
 DEFAULT_LEVEL = LevelOfTheory()
