@@ -85,6 +85,7 @@ __all__ = [
     "EMA",
     "EpochReport",
     "TrainResult",
+    "bootstrap_by_molecule",
     "evaluate",
     "infer_level",
     "load_checkpoint",
@@ -446,6 +447,39 @@ def _zero_heads(model: torch.nn.Module) -> None:
                     p.zero_()
 
 
+def bootstrap_by_molecule(
+    mol_ids: Sequence[str], train_idx: Sequence[int], *, seed: int
+) -> list[int]:
+    """A bootstrap resample of the training samples, drawn by molecule (not by conformer).
+
+    The n training molecules (sorted ids) are drawn n times with replacement
+    (``numpy.random.default_rng([seed, 0xB007])``); every conformer of a molecule drawn c
+    times appears c times in the result (so it weighs c times in every epoch), a molecule
+    never drawn (~37 %) is left out.
+
+    Parameters
+    ----------
+    mol_ids
+        (S,) molecule id of every sample.
+    train_idx
+        Indices of the training samples (from :func:`densnet_core.dataset.split_by_molecule`).
+    seed
+        Seed of the draw.
+
+    Returns
+    -------
+    list[int]
+        Sample indices, sorted, with repeats.
+    """
+    mols = sorted({mol_ids[i] for i in train_idx})
+    if not mols:
+        return []
+    draw = np.random.default_rng([int(seed), 0xB007]).integers(0, len(mols), size=len(mols))
+    counts = np.bincount(draw, minlength=len(mols))
+    count_of = dict(zip(mols, counts.tolist(), strict=True))
+    return [i for i in sorted(train_idx) for _ in range(count_of[mol_ids[i]])]
+
+
 def _elements(samples: Sequence[Sample]) -> list[int]:
     return sorted({int(z) for s in samples for z in s.inputs.numbers})
 
@@ -477,6 +511,8 @@ def train(
     grid_level: int = 2,
     metric_cache_dir: str | os.PathLike[str] | None = None,
     model_overrides: Mapping[str, Any] | None = None,
+    split_seed: int | None = None,
+    bootstrap_seed: int | None = None,
     progress: Callable[[EpochReport], None] | None = None,
     status: Callable[[str], None] | None = None,
 ) -> TrainResult:
@@ -523,6 +559,12 @@ def train(
         Optional folder caching the per-conformer Coulomb metrics (``.npy``).
     model_overrides
         Keyword overrides of the preset (new models only).
+    split_seed
+        Seed of the train/validation split (None = ``seed``). Ensembles give every member the
+        same ``split_seed`` (same validation molecules) and different ``seed``.
+    bootstrap_seed
+        If given, train on a bootstrap resample of the training molecules
+        (:func:`bootstrap_by_molecule`); None (default) = every training conformer once.
     progress
         Called with an :class:`EpochReport` after every epoch (after the checkpoint is
         written, so an exception raised there leaves a resumable run).
@@ -557,9 +599,12 @@ def train(
     data_hash = training_data_hash(rows)
     say(f"{len(rows)} labelled conformers at {level.label}; computing Coulomb metrics")
     samples = make_samples(rows, level=level, metric_cache_dir=metric_cache_dir)
+    mol_ids = [s.mol_id for s in samples]
     train_idx, val_idx = split_by_molecule(
-        [s.mol_id for s in samples], val_fraction=val_fraction, seed=seed
+        mol_ids, val_fraction=val_fraction, seed=seed if split_seed is None else split_seed
     )
+    if bootstrap_seed is not None:
+        train_idx = bootstrap_by_molecule(mol_ids, train_idx, seed=bootstrap_seed)
     train_s = [samples[i] for i in train_idx]
     val_s = [samples[i] for i in val_idx]
     elements = _elements(samples)
@@ -613,6 +658,9 @@ def train(
             "val_fraction": val_fraction,
             "loss_weights": weights,
             "grad_clip": grad_clip,
+            # recorded only when set, so default runs keep their settings unchanged
+            **({"split_seed": split_seed} if split_seed is not None else {}),
+            **({"bootstrap_seed": bootstrap_seed} if bootstrap_seed is not None else {}),
         }
     )
     best_loss, best_epoch, bad_epochs, start_epoch = math.inf, 0, 0, 1
@@ -735,9 +783,11 @@ def train(
         save_model(ema.module, out_dir, level=level, card={**card_base, "best_epoch": 0})
     say("final evaluation of the best weights (validation density on grids)")
     best, _ = load_model(out_dir, device=str(dev))
+    train_unique = list({s.conformer_key: s for s in train_s}.values())  # bootstrap repeats
     metrics = {
         "train": evaluate(
-            best, train_s, level=level, batch_size=2 * batch_size, device=dev, loss_weights=weights
+            best, train_unique, level=level, batch_size=2 * batch_size, device=dev,
+            loss_weights=weights,
         ),
         "validation": evaluate(
             best, val_s, level=level, batch_size=2 * batch_size, device=dev,
@@ -793,7 +843,7 @@ def _card_base(
         "level_of_theory_fields": level.model_dump(),
         "training_data_sha1": data_hash,
         "n_train_molecules": len(train_mols),
-        "n_train_conformers": len(train_s),
+        "n_train_conformers": len({s.conformer_key for s in train_s}),
         "n_val_molecules": len({s.mol_id for s in val_s}),
         "n_val_conformers": len(val_s),
         "elements_in_data": _elements(samples),

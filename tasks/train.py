@@ -1,7 +1,10 @@
-"""Prefect task of the training stage: a thin wrapper around :func:`densnet_core.train.train`.
+"""Prefect tasks of the training stage: thin wrappers around :mod:`densnet_core.train` and
+:mod:`densnet_core.ensemble`.
 
-Training is one task (one process, one device); it reports each epoch to the run's logger and
-to a progress artifact. Inputs are paths and plain options.
+A single model is one task (one process, one device); an ensemble is one task per member (they
+can run in parallel) plus a calibration task that writes ``ensemble.json``. Each training task
+reports its epochs to the run's logger and to a progress artifact. Inputs are paths and plain
+options.
 """
 
 from __future__ import annotations
@@ -58,3 +61,61 @@ def train_model(
         "stopped": result.stopped,
         "validation": result.metrics.get("validation", {}),
     }
+
+
+@task(name="train-ensemble-member", cache_policy=NO_CACHE, persist_result=False)
+def train_ensemble_member(
+    labels_dir: str,
+    ensemble_dir: str,
+    member: Mapping[str, Any],
+    level: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (resume, or skip if finished) one ensemble member; returns its summary dict.
+
+    ``member`` holds the fields of :class:`densnet_core.ensemble.MemberSpec`; ``options`` are
+    keyword arguments of :func:`densnet_core.train.train` (epochs, preset, device, ...).
+    """
+    from densnet_core.ensemble import MemberSpec, train_member
+
+    logger = get_run_logger()
+    spec = MemberSpec(**member)
+    opts = dict(options or {})
+    epochs = int(opts.get("epochs", 200))
+    progress_id = create_progress_artifact(
+        progress=0.0, key=f"train-progress-{spec.name}", description=f"{spec.name} epochs (%)"
+    )
+
+    def on_epoch(report: Any) -> None:
+        logger.info("%s: %s", spec.name, report)
+        update_progress_artifact(progress_id, progress=min(100.0, 100.0 * report.epoch / epochs))
+
+    summary = train_member(
+        labels_dir,
+        ensemble_dir,
+        spec,
+        level=LevelOfTheory(**level) if level else None,
+        progress=on_epoch,
+        status=lambda msg: logger.info("%s: %s", spec.name, msg),
+        **opts,
+    )
+    if summary["skipped"]:
+        logger.info("%s is finished already (%s); skipped", spec.name, summary["model_id"])
+        update_progress_artifact(progress_id, progress=100.0)
+    return summary
+
+
+@task(name="calibrate-ensemble", cache_policy=NO_CACHE, persist_result=False)
+def calibrate_ensemble(
+    labels_dir: str,
+    ensemble_dir: str,
+    members: int,
+    extra_labels: Mapping[str, str] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Calibrate the finished members on the validation molecules; write ``ensemble.json``."""
+    from densnet_core.ensemble import write_manifest
+
+    return write_manifest(
+        labels_dir, ensemble_dir, members=members, extra_labels=extra_labels, device=device
+    )

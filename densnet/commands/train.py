@@ -89,6 +89,18 @@ def train(
             "[default: LABELS_DIR/level.json, else the default level]."
         ),
     ] = None,
+    ensemble: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Train an ensemble of K models (MODEL_DIR/member-XX, different seeds and "
+            "bootstrap resamples of the training molecules, the same validation molecules), "
+            "calibrate its uncertainty and write MODEL_DIR/ensemble.json. 1 = a single model.",
+        ),
+    ] = 1,
+    bootstrap: Annotated[
+        bool, typer.Option(help="Ensembles: bootstrap the training molecules per member.")
+    ] = True,
 ) -> None:
     """Train the equivariant density model on a label store.
 
@@ -112,6 +124,29 @@ def train(
 
     if output.exists() and not output.is_dir():
         raise _fail(f"output {output} exists and is not a folder")
+    if ensemble > 1:
+        _train_ensemble(
+            labels_dir,
+            output,
+            members=ensemble,
+            bootstrap=bootstrap,
+            seed=seed,
+            console=console,
+            train_kwargs={
+                "level": lvl,
+                "preset": preset,
+                "device": device,
+                "init": init,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "max_hours": max_hours,
+                "patience": patience,
+                "val_fraction": val_fraction,
+                "loss_weights": weights,
+            },
+        )
+        return
     if load_checkpoint(output) is not None:
         console.print(f"[bold]resuming[/] the run in {output}")
 
@@ -171,4 +206,87 @@ def train(
         + ("" if result.metrics.get("validation") else " — no validation molecules: train metrics")
         + f"\nmodel {result.info.model_id} in {result.model_dir}",
         highlight=False,
+    )
+
+
+def _train_ensemble(
+    labels_dir: Path,
+    output: Path,
+    *,
+    members: int,
+    bootstrap: bool,
+    seed: int,
+    console: object,
+    train_kwargs: dict,
+) -> None:
+    """``--ensemble K``: the members one after the other (in this process), then calibration."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from densnet_core.dataset import NoUsableLabelsError
+    from densnet_core.ensemble import member_specs, train_member, write_manifest
+    from densnet_core.modelio import ModelFileError
+    from densnet_core.train import EpochReport
+
+    assert isinstance(console, Console)
+    summaries = []
+    try:
+        for spec in member_specs(members, seed=seed, bootstrap=bootstrap):
+
+            def progress(r: EpochReport, name: str = spec.name) -> None:
+                star = " [green]*best[/]" if r.improved else ""
+                console.print(
+                    f"{name} epoch {r.epoch:>4}/{r.epochs}  train {_fmt(r.train_loss, 4)}  "
+                    f"val {_fmt(r.val_loss, 4)}  val dipole MAE {_fmt(r.val_dipole_mae_debye)} D  "
+                    f"val α MAPE {_fmt(r.val_alpha_mape_pct)} %  {r.seconds:.1f} s{star}",
+                    highlight=False,
+                )
+
+            summary = train_member(
+                labels_dir,
+                output,
+                spec,
+                progress=progress,
+                status=lambda msg, n=spec.name: console.print(f"[dim]{n}: {msg}[/]"),
+                **train_kwargs,
+            )
+            if summary["skipped"]:
+                console.print(f"{spec.name}: finished already ({summary['model_id']}), skipped")
+            summaries.append(summary)
+        console.print("[dim]calibrating on the validation molecules[/]")
+        manifest = write_manifest(
+            labels_dir, output, members=members, device=str(train_kwargs.get("device", "cpu"))
+        )
+    except NoUsableLabelsError as exc:
+        raise _fail(str(exc)) from None
+    except (ModelFileError, ValueError, RuntimeError, KeyError, FileNotFoundError) as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}", code=1) from None
+
+    table = Table(title=f"ensemble {manifest['ensemble_id']}: validation per member")
+    for col in ("member", "model id", "stopped", "best epoch", "dipole MAE, D", "α_iso MAPE, %"):
+        table.add_column(col)
+    for s in summaries:
+        m = (s.get("validation") or {}).get("model") or {}
+        table.add_row(
+            s["name"],
+            s["model_id"],
+            str(s["stopped"]),
+            str(s["best_epoch"]),
+            _fmt(m.get("dipole_mae_debye", math.nan)),
+            _fmt(m.get("alpha_iso_mape_pct", math.nan)),
+        )
+    Console().print(table)
+    from densnet_core.calibration import format_report
+
+    cal = manifest.get("calibration") or {}
+    if cal.get("validation"):
+        Console().print(
+            format_report("calibration on the validation molecules (raw σ)", cal["validation"]),
+            highlight=False,
+        )
+        Console().print(f"σ scale factors: {cal.get('scale')}", highlight=False)
+    else:
+        Console().print("not calibrated (no validation molecules)")
+    Console().print(
+        f"ensemble {manifest['ensemble_id']} ({members} members) in {output}", highlight=False
     )
