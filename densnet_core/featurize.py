@@ -18,22 +18,26 @@ coefficient), exactly what :func:`densnet_core.basis.dipole_integrals` computes 
 
 Per-molecule work is a handful of numpy operations on arrays of length M (the per-composition
 index arrays are cached by the tuple of atomic numbers): ~10–30 µs for a 50-atom molecule.
+
+The per-element tables are also kept on disk (``<cache_dir>/featurize/*.npz``, one file per aux
+basis, level and code version), so a prediction process reads them instead of building PySCF
+molecules (PySCF is then not even imported here; ~0.2 s of integrals and ~1 s of imports on the
+development machine). The file name carries a hash of the aux basis, the level, the PySCF
+version and the source of this module and of :mod:`densnet_core.basis` / :mod:`densnet_core.prior`,
+so a change of any of them computes the tables afresh; a broken or unwritable cache is ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-from densnet_core.basis import (
-    _element_auxmol,
-    element_charge_integrals,
-    element_nao,
-    to_e3nn,
-)
 from densnet_core.graph import MoleculeInput
 from densnet_core.level import LevelOfTheory
 
@@ -61,7 +65,7 @@ def element_first_moments(z: int, auxbasis: str) -> np.ndarray:
     np.ndarray
         (3, n_el), bohr^4 per unit coefficient, PySCF order (non-zero only on p functions).
     """
-    from densnet_core.basis import dipole_integrals
+    from densnet_core.basis import _element_auxmol, dipole_integrals
 
     # an atom at the origin: (R_A - O) = 0, so dipole_integrals returns exactly p
     return dipole_integrals(_element_auxmol(int(z), auxbasis), np.zeros(3))
@@ -104,34 +108,101 @@ class Featurizer:
         Level of theory: ``fit_auxbasis`` is the basis, the SAD prior is that of the level.
     with_prior
         Include the SAD prior coefficients (False: ``prior_coeffs`` is None, i.e. zeros).
+    disk_cache
+        Read and write the per-element tables under ``<cache_dir>/featurize``.
+    cache_dir
+        Cache root (default ``get_settings().cache_dir``).
     """
 
-    def __init__(self, level: LevelOfTheory, *, with_prior: bool = True) -> None:
+    def __init__(
+        self,
+        level: LevelOfTheory,
+        *,
+        with_prior: bool = True,
+        disk_cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.level = level
         self.auxbasis = level.fit_auxbasis
         self.with_prior = bool(with_prior)
+        self.disk_cache = bool(disk_cache)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self._tables: dict[int, ElementTables] = {}
         self._comp_cache: dict[tuple[int, ...], _Composition] = {}
+        self._disk: dict[int, ElementTables] | None = None
 
     def element(self, z: int) -> ElementTables:
-        """The e3nn-ordered tables of element ``z`` (computed once)."""
+        """The e3nn-ordered tables of element ``z`` (from the disk cache, or computed once)."""
         z = int(z)
         tab = self._tables.get(z)
         if tab is None:
-            aux = self.auxbasis
-            q = to_e3nn(np.asarray(element_charge_integrals(z, aux)), [z], aux)
-            p = to_e3nn(element_first_moments(z, aux), [z], aux)
-            if self.with_prior:
-                from densnet_core.prior import get_prior_library
-
-                prior = to_e3nn(np.asarray(get_prior_library(self.level).element(z)), [z], aux)
-            else:
-                prior = np.zeros(element_nao(z, aux))
-            for a in (q, p, prior):
+            tab = self._from_disk(z)
+            if tab is None:
+                tab = self._compute(z)
+                self._to_disk(z, tab)
+            for a in (tab.q, tab.p, tab.prior):
                 a.setflags(write=False)
-            tab = ElementTables(q=q, p=p, prior=prior)
             self._tables[z] = tab
         return tab
+
+    def _compute(self, z: int) -> ElementTables:
+        from densnet_core.basis import element_charge_integrals, element_nao, to_e3nn
+
+        aux = self.auxbasis
+        q = to_e3nn(np.asarray(element_charge_integrals(z, aux)), [z], aux)
+        p = to_e3nn(element_first_moments(z, aux), [z], aux)
+        if self.with_prior:
+            from densnet_core.prior import get_prior_library
+
+            prior = to_e3nn(np.asarray(get_prior_library(self.level).element(z)), [z], aux)
+        else:
+            prior = np.zeros(element_nao(z, aux))
+        return ElementTables(q=np.asarray(q), p=np.asarray(p), prior=np.asarray(prior))
+
+    # ---- disk cache --------------------------------------------------------------------------
+    def cache_path(self) -> Path:
+        """The cache file of this featurizer's tables (see the module docstring)."""
+        root = self.cache_dir
+        if root is None:
+            from densnet_core.settings import get_settings
+
+            root = get_settings().cache_dir
+        return root / "featurize" / f"{_cache_key(self)}.npz"
+
+    def _from_disk(self, z: int) -> ElementTables | None:
+        if not self.disk_cache:
+            return None
+        if self._disk is None:
+            self._disk = {}
+            try:
+                with np.load(self.cache_path()) as data:
+                    for name in data.files:
+                        if name.startswith("q_"):
+                            el = int(name[2:])
+                            self._disk[el] = ElementTables(
+                                q=data[f"q_{el}"], p=data[f"p_{el}"], prior=data[f"prior_{el}"]
+                            )
+            except (OSError, ValueError, KeyError):  # no cache yet, or a broken one
+                self._disk = {}
+        return self._disk.get(z)
+
+    def _to_disk(self, z: int, tab: ElementTables) -> None:
+        if not self.disk_cache:
+            return
+        assert self._disk is not None
+        self._disk[z] = tab
+        path = self.cache_path()
+        arrays: dict[str, np.ndarray] = {}
+        for el, t in self._disk.items():
+            arrays.update({f"q_{el}": t.q, f"p_{el}": t.p, f"prior_{el}": t.prior})
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)  # atomic: readers see the old file or the new one
+        except OSError:  # a read-only cache folder only costs the recomputation
+            tmp.unlink(missing_ok=True)
 
     def _composition(self, numbers: tuple[int, ...]) -> _Composition:
         comp = self._comp_cache.get(numbers)
@@ -189,6 +260,26 @@ class Featurizer:
             dipole_ints=dipole,
             origin_bohr=origin,
         )
+
+
+def _cache_key(featurizer: Featurizer) -> str:
+    """Name of a featurizer's cache file: aux basis + hash of everything the tables depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha1()
+    for name in ("featurize.py", "basis.py", "prior.py"):
+        try:
+            h.update((here / name).read_bytes())
+        except OSError:
+            h.update(name.encode())
+    try:
+        h.update(version("pyscf").encode())
+    except PackageNotFoundError:  # pragma: no cover - pyscf is a dependency
+        pass
+    h.update(f"{featurizer.level.hash}|{featurizer.with_prior}".encode())
+    aux = "".join(c if c.isalnum() or c in "-_" else "_" for c in featurizer.auxbasis)
+    return f"{aux}-{h.hexdigest()[:16]}"
 
 
 @lru_cache(maxsize=16)

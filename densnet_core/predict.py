@@ -13,12 +13,16 @@ computed *from the predicted density* (electron count, dipole, polarizability):
    molecule gets ``status="prediction_failed"``. Nothing raises out of
    :meth:`Predictor.predict_rows` for a problem of one row.
 
-Threads: torch's intra-op thread count is process-global, so it is set by the caller (the
-CLI, a worker process) — pass ``threads=`` to :class:`Predictor` or call
-``torch.set_num_threads`` yourself; importing this module changes nothing. On the 2-core
-development machine (with another job running) one thread per process was fastest by far:
-two intra-op threads were 5-10x *slower* (each batch waits for the busier core), and two
-single-threaded processes gave the same total rate as one (see ``benchmarks/throughput.py``).
+Threads and processes: torch's intra-op thread count is process-global, so it is set by the
+caller (the CLI, a worker process) — pass ``threads=`` to :class:`Predictor` or call
+``torch.set_num_threads`` yourself; importing this module changes nothing. Use the cores with
+processes, not threads: :func:`predict_rows_parallel` forks one-thread workers from the loaded
+model. On the 2-core development machine (other jobs running) 2 intra-op threads were 5-10x
+*slower* than 1 (OpenMP threads spin while waiting for the busier core), 2 forked processes
+~1.8x faster (``benchmarks/throughput.py``).
+
+Without Prefect: :func:`screen_file` is the whole screen (input file → conformers → predictions
+table) as ``densnet predict`` runs it by default; ``flows/screen.py`` is the Prefect version.
 
 Units: positions in the tables are Å, converted to bohr here; observables are atomic units
 (``dipole_au`` e·a0, ``polarizability_au`` a0^3) plus ``dipole_debye`` (|μ| in D).
@@ -30,7 +34,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +48,21 @@ __all__ = [
     "ALPHA_ANISO_AU",
     "GAS_CONSTANT_KCAL_PER_MOL_K",
     "N_ATOMS",
+    "SENT_COLUMNS",
     "ModelNotFoundError",
     "Predictor",
     "alpha_anisotropy",
     "boltzmann_average",
     "boltzmann_weights",
     "default_model_dir",
+    "import_e3nn_without_dynamo",
+    "predict_rows_parallel",
+    "read_conformer_rows",
     "resolve_model_dir",
+    "screen_file",
+    "sibling_path",
     "status_counts",
+    "tune_malloc_for_inference",
     "write_molecules_table",
 ]
 
@@ -129,10 +140,17 @@ def alpha_anisotropy(alpha: np.ndarray) -> np.ndarray:
     )
 
 
-def _symbol(z: int) -> str:
-    from pyscf.data.elements import ELEMENTS
+# element symbols by atomic number (index 0 unused): error messages need no PySCF import
+_SYMBOLS = (
+    "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge "
+    "As Se Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu "
+    "Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu "
+    "Am Cm Bk Cf Es Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og"
+).split()
 
-    return str(ELEMENTS[int(z)]) if 0 < int(z) < len(ELEMENTS) else f"Z={int(z)}"
+
+def _symbol(z: int) -> str:
+    return _SYMBOLS[int(z)] if 0 < int(z) < len(_SYMBOLS) else f"Z={int(z)}"
 
 
 def _card_set(card: Mapping[str, Any], keys: Sequence[str], default: set[int]) -> set[int]:
@@ -221,8 +239,7 @@ class Predictor:
             self.featurizer.element(z)
 
     # ---- rows ---------------------------------------------------------------------------
-    def _base_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        numbers = [int(z) for z in _as_list(row.get(K.NUMBERS))]
+    def _base_row(self, row: Mapping[str, Any], numbers: np.ndarray) -> dict[str, Any]:
         out: dict[str, Any] = {c: row.get(c) for c in _IDENTITY_COLUMNS}
         out[K.RECORD_INDEX] = int(out[K.RECORD_INDEX] if out[K.RECORD_INDEX] is not None else -1)
         out[K.CONFORMER_ID] = int(out[K.CONFORMER_ID] if out[K.CONFORMER_ID] is not None else 0)
@@ -239,8 +256,8 @@ class Predictor:
                 K.STATUS: str(row.get(K.STATUS) or K.STATUS_OK),
                 K.ERROR: str(row.get(K.ERROR) or ""),
                 ALPHA_ANISO_AU: math.nan,
-                N_ATOMS: len(numbers),
-                K.N_HEAVY_ATOMS: sum(1 for z in numbers if z > 1),
+                N_ATOMS: int(numbers.shape[0]),
+                K.N_HEAVY_ATOMS: int(np.count_nonzero(numbers > 1)),
                 K.CHARGE: _int_or(row.get(K.CHARGE), 0),
                 K.MULTIPLICITY: _int_or(row.get(K.MULTIPLICITY), 1),
                 K.MMFF_ENERGY_KCAL: _float_or_nan(row.get(K.MMFF_ENERGY_KCAL)),
@@ -248,18 +265,19 @@ class Predictor:
         )
         return out
 
-    def _check(self, row: Mapping[str, Any], out: dict[str, Any]) -> tuple[str, str] | None:
+    def _check(
+        self, row: Mapping[str, Any], numbers: np.ndarray, out: dict[str, Any]
+    ) -> tuple[str, str] | None:
         """(status, error) if the model cannot handle this ok row, else None."""
-        numbers = [int(z) for z in _as_list(row.get(K.NUMBERS))]
-        if not numbers:
+        if numbers.shape[0] == 0:
             return K.STATUS_INVALID_INPUT, "the conformer row has no atoms"
-        pos = _as_list(row.get(K.POSITIONS_ANGSTROM))
-        if len(pos) != len(numbers):
+        n_pos = len(_as_sequence(row.get(K.POSITIONS_ANGSTROM)))
+        if n_pos != numbers.shape[0]:
             return (
                 K.STATUS_INVALID_INPUT,
-                f"{len(numbers)} atomic numbers but {len(pos)} positions",
+                f"{numbers.shape[0]} atomic numbers but {n_pos} positions",
             )
-        bad = sorted({z for z in numbers if z not in self.supported_elements})
+        bad = sorted({int(z) for z in set(numbers.tolist()) - self.supported_elements})
         if bad:
             covered = " ".join(_symbol(z) for z in sorted(self.supported_elements))
             return (
@@ -307,14 +325,15 @@ class Predictor:
         """
         t0 = time.perf_counter()
         rows = list(conformer_rows)
-        out = [self._base_row(r) for r in rows]
+        numbers = [_numbers_array(r.get(K.NUMBERS)) for r in rows]
+        out = [self._base_row(r, z) for r, z in zip(rows, numbers, strict=True)]
         todo: list[int] = []
         for i, (row, o) in enumerate(zip(rows, out, strict=True)):
             if o[K.STATUS] != K.STATUS_OK:
                 if not o[K.ERROR]:
                     o[K.ERROR] = f"upstream status {o[K.STATUS]}"
                 continue
-            problem = self._check(row, o)
+            problem = self._check(row, numbers[i], o)
             if problem is not None:
                 o[K.STATUS], o[K.ERROR] = problem
                 continue
@@ -325,13 +344,12 @@ class Predictor:
         t0 = time.perf_counter()
         feats: dict[int, Any] = {}
         for i in todo:
-            row = rows[i]
             try:
-                pos = np.asarray(_as_list(row[K.POSITIONS_ANGSTROM]), dtype=np.float64)
+                pos = _positions_array(rows[i][K.POSITIONS_ANGSTROM])
                 if not np.isfinite(pos).all():
                     raise ValueError("non-finite coordinates")
                 feats[i] = self.featurizer(
-                    row[K.NUMBERS], pos.reshape(-1, 3) * BOHR_PER_ANGSTROM, float(out[i][K.CHARGE])
+                    numbers[i], pos * BOHR_PER_ANGSTROM, float(out[i][K.CHARGE])
                 )
             except Exception as exc:
                 _failed(out[i], exc)
@@ -402,17 +420,25 @@ def _failed(row: dict[str, Any], exc: BaseException) -> None:
     row[K.POLARIZABILITY_AU] = None
 
 
-def _as_list(value: Any) -> list[Any]:
-    """Lists, numpy arrays (incl. object arrays of arrays from pandas) → a list."""
-    if value is None:
+def _as_sequence(value: Any) -> Sequence[Any] | np.ndarray:
+    """A list column value as something with a length (None / NaN → empty)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return []
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            return [np.asarray(v).tolist() for v in value]
-        return value.tolist()
-    if isinstance(value, float) and math.isnan(value):
-        return []
-    return list(value)
+    return value
+
+
+def _numbers_array(value: Any) -> np.ndarray:
+    """Atomic numbers of a row as an (N,) int64 array (None / NaN → empty)."""
+    seq = _as_sequence(value)
+    return np.asarray(seq, dtype=np.int64).reshape(-1) if len(seq) else np.zeros(0, np.int64)
+
+
+def _positions_array(value: Any) -> np.ndarray:
+    """Positions of a row as an (N, 3) float64 array (lists, arrays, arrays of arrays)."""
+    arr = np.asarray(value)
+    if arr.dtype == object:  # pandas gives object arrays of per-atom arrays
+        arr = np.asarray([np.asarray(v, dtype=np.float64) for v in value])
+    return np.asarray(arr, dtype=np.float64).reshape(-1, 3)
 
 
 def _int_or(value: Any, default: int) -> int:
@@ -563,3 +589,485 @@ def write_molecules_table(df: Any, path: str | os.PathLike[str]) -> Path:
         {b"schema_version": SCHEMA_VERSION.encode(), b"table": b"molecules"}
     )
     return write_parquet_atomic(tbl, path)
+
+
+# ---- the whole screen without Prefect ------------------------------------------------------
+ProgressFn = Callable[[str, int, int], None]
+
+# the columns of a conformer row the prediction needs (the rest stays in the conformers table)
+SENT_COLUMNS = (
+    K.RECORD_INDEX,
+    K.NAME,
+    K.SMILES,
+    K.MOL_ID,
+    K.CONFORMER_ID,
+    K.CHARGE,
+    K.MULTIPLICITY,
+    K.NUMBERS,
+    K.POSITIONS_ANGSTROM,
+    K.MMFF_ENERGY_KCAL,
+    K.STATUS,
+    K.ERROR,
+)
+
+
+def tune_malloc_for_inference() -> bool:
+    """Keep freed memory in the heap (glibc), so the network's big temporaries are reused.
+
+    With glibc's defaults every tensor above 32 MB (a batch of 64 drug-like molecules makes
+    several of ~100 MB per interaction block) is a fresh ``mmap``, and every page of it is
+    faulted in and zeroed again: ~1,600 page faults per molecule, ~20 % of the prediction's
+    CPU time (all of it system time). ``M_MMAP_MAX = 0`` serves large blocks from the heap and
+    a huge ``M_TRIM_THRESHOLD`` keeps the heap from being returned to the OS between batches:
+    the page faults drop ~40x. The cost is that the process keeps its peak memory (~1 GB at
+    batch size 64) until it exits, so this is for short-lived prediction processes (the CLI),
+    process-global, and inherited by forked workers.
+
+    Returns
+    -------
+    bool
+        True if glibc accepted the settings (False on other C libraries: nothing changed).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = bool(mallopt(m_mmap_max, 0))
+    return bool(mallopt(m_trim_threshold, 2**31 - 1)) and ok
+
+
+def import_e3nn_without_dynamo() -> None:
+    """Import e3nn without importing ``torch._dynamo`` (1.5-3 s of CPU time saved).
+
+    e3nn 0.6 decorates one construction-time helper (``change_basis_real_to_complex``) with
+    ``torch.compiler.disable``, and that decorator imports all of ``torch._dynamo``, which
+    nothing else on the prediction path needs. During the e3nn import only, the decorator is
+    replaced by one that returns the function unchanged. The only consequence: ``torch.compile``
+    of code that calls this helper *in this process* would trace into it instead of breaking
+    the graph there. For short-lived prediction processes (the CLI); a no-op when e3nn or
+    ``torch._dynamo`` is already imported.
+    """
+    import sys
+
+    if "e3nn.o3" in sys.modules or "torch._dynamo" in sys.modules:
+        return
+    import torch
+    import torch.compiler
+
+    real = torch.compiler.disable
+
+    def passthrough(fn: Any = None, recursive: bool = True, *, reason: str | None = None) -> Any:
+        return fn if fn is not None else (lambda f: f)
+
+    torch.compiler.disable = passthrough
+    try:
+        import e3nn.o3  # noqa: F401
+    finally:
+        torch.compiler.disable = real
+
+
+def sibling_path(output_path: str | os.PathLike[str], kind: str) -> Path:
+    """``<output stem>.<kind>.parquet`` next to the output (kind: conformers, molecules)."""
+    out = Path(output_path)
+    return out.with_name(f"{out.stem}.{kind}.parquet")
+
+
+def read_conformer_rows(
+    path: str | os.PathLike[str], *, arrays: bool = True
+) -> list[dict[str, Any]]:
+    """The prediction-relevant columns of a conformers table as row dicts, in order.
+
+    Parameters
+    ----------
+    path
+        A conformers table (:func:`densnet_core.store.write_table` with ``"conformers"``).
+    arrays
+        ``numbers`` as (N,) int64 and ``positions_angstrom`` as (N, 3) float64 numpy arrays
+        (views into one buffer: ~10x faster than nested lists for 1,000 rows). False: plain
+        Python lists (what Prefect task parameters need).
+
+    Returns
+    -------
+    list[dict]
+        One dict per row with the columns of :data:`SENT_COLUMNS` present in the table.
+
+    Raises
+    ------
+    densnet_core.store.SchemaError
+        If the file is not a conformers table of this schema version.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from densnet_core import store
+
+    path = Path(path)
+    schema = pq.read_schema(path)
+    store._check_metadata(schema, "conformers", path)
+    cols = [c for c in SENT_COLUMNS if c in schema.names]
+    tbl = pq.read_table(path, columns=cols)
+    scalar = [c for c in cols if not (arrays and c in (K.NUMBERS, K.POSITIONS_ANGSTROM))]
+    rows = tbl.select(scalar).to_pylist()
+    if not arrays or not rows:
+        return rows
+    n = tbl.num_rows
+    if K.NUMBERS in cols:
+        col = tbl.column(K.NUMBERS).combine_chunks()
+        flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
+        offsets = np.asarray(col.offsets)
+        lengths = np.asarray(pc.fill_null(pc.list_value_length(col), 0))
+        for r, start, length in zip(rows, offsets[:n], lengths, strict=True):
+            r[K.NUMBERS] = flat[start : start + length]
+    if K.POSITIONS_ANGSTROM in cols:
+        col = tbl.column(K.POSITIONS_ANGSTROM).combine_chunks()
+        atoms = pc.list_flatten(col)
+        xyz = pc.list_flatten(atoms).to_numpy(zero_copy_only=False).astype(np.float64)
+        if len(xyz) == 3 * len(atoms):  # every atom has 3 coordinates: one reshape
+            xyz = xyz.reshape(-1, 3)
+            offsets = np.asarray(col.offsets)
+            lengths = np.asarray(pc.fill_null(pc.list_value_length(col), 0))
+            for r, start, length in zip(rows, offsets[:n], lengths, strict=True):
+                r[K.POSITIONS_ANGSTROM] = xyz[start : start + length]
+        else:  # malformed rows: keep them as lists, the Predictor reports them
+            for r, value in zip(rows, col.to_pylist(), strict=True):
+                r[K.POSITIONS_ANGSTROM] = value if value is not None else []
+    return rows
+
+
+# worker-process state for predict_rows_parallel (set before forking / by the initializer)
+_WORKER_PREDICTOR: Predictor | None = None
+
+
+def _init_spawned_worker(model_dir: str, batch_size: int, threads: int) -> None:
+    global _WORKER_PREDICTOR
+    _WORKER_PREDICTOR = Predictor(model_dir, batch_size=batch_size, threads=threads)
+
+
+def _predict_in_worker(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict]:
+    p = _WORKER_PREDICTOR
+    assert p is not None, "worker has no predictor"
+    before = dict(p.timings)
+    out = p.predict_rows(rows)
+    return out, {k: p.timings[k] - before.get(k, 0.0) for k in p.timings}
+
+
+def predict_rows_parallel(
+    predictor: Predictor,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    workers: int = 1,
+    chunk_size: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """:meth:`Predictor.predict_rows` over several processes; rows out in input order.
+
+    With ``workers > 1`` on a CPU predictor, ``workers`` processes are *forked* from this one
+    after the model is loaded: they share its loaded model, per-element tables and imports (no
+    second start-up) and run one torch thread each. The rows are ordered by size, largest
+    first, and cut into chunks of one batch, handed out in that order (longest-processing-time
+    first: the workers finish within a fraction of a batch of each other). Where ``fork`` is not
+    available the workers are spawned and load the model themselves. The workers' stage timings
+    are added to ``predictor.timings`` (seconds summed over the workers).
+
+    Measured on the 2-core development machine (1,017 ChEMBL molecules, default preset, other
+    jobs running): 2 forked processes x 1 thread took 22-26 s and 11-12 CPU-s, 1 process x 2
+    intra-op threads 154-171 s and 73-81 CPU-s (OpenMP threads spin while they wait for the
+    busier core; these per-atom ops are too small to split). See ``benchmarks/throughput.py``.
+
+    Parameters
+    ----------
+    predictor
+        A loaded predictor (its settings are used in every worker).
+    rows
+        Conformers-table rows.
+    workers
+        Processes; 1 = in this process.
+    chunk_size
+        Rows per task (default: the predictor's batch size with workers, else n/8, at least
+        two batches).
+    on_progress
+        Called as ``on_progress(rows_done, rows_total)`` at the start and after every chunk.
+
+    Returns
+    -------
+    list[dict]
+        As :meth:`Predictor.predict_rows`.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    global _WORKER_PREDICTOR
+    rows = list(rows)
+    total = len(rows)
+    bs = predictor.batch_size
+    if on_progress:
+        on_progress(0, total)
+    parallel = workers > 1 and total > bs and predictor.device.type == "cpu"
+    if not parallel:
+        size = chunk_size or max(2 * bs, math.ceil(total / 8))
+        out: list[dict[str, Any]] = []
+        for i in range(0, total, size):
+            out.extend(predictor.predict_rows(rows[i : i + size]))
+            if on_progress:
+                on_progress(len(out), total)
+        return out
+
+    # largest molecules first, one batch per task
+    n_atoms = [len(_as_sequence(r.get(K.NUMBERS))) for r in rows]
+    order = sorted(range(total), key=lambda i: -n_atoms[i])
+    size = chunk_size or bs
+    chunks = [order[i : i + size] for i in range(0, total, size)]
+    if "fork" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("fork")
+        _WORKER_PREDICTOR = predictor  # inherited by the forked workers
+        init: Any = None
+        initargs: tuple[Any, ...] = ()
+    else:  # pragma: no cover - not Linux
+        ctx = multiprocessing.get_context("spawn")
+        init, initargs = _init_spawned_worker, (str(predictor.model_dir), bs, 1)
+    saved_threads = predictor.threads
+    predictor.threads = 1  # the workers' setting (applied in _run_batch)
+    results: list[dict[str, Any] | None] = [None] * total
+    try:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(chunks)),
+            mp_context=ctx,
+            initializer=init,
+            initargs=initargs,
+        ) as pool:
+            futures = {pool.submit(_predict_in_worker, [rows[j] for j in c]): c for c in chunks}
+            done = 0
+            for fut in as_completed(futures):
+                chunk = futures[fut]
+                part, timings = fut.result()
+                for j, row in zip(chunk, part, strict=True):
+                    results[j] = row
+                for k, v in timings.items():
+                    predictor.timings[k] = predictor.timings.get(k, 0.0) + v
+                done += len(chunk)
+                if on_progress:
+                    on_progress(done, total)
+    finally:
+        predictor.threads = saved_threads
+        _WORKER_PREDICTOR = None
+    missing = [j for j, row in enumerate(results) if row is None]
+    if missing:  # cannot happen (every chunk returns one row per row); never drop rows silently
+        raise RuntimeError(f"{len(missing)} rows came back from no worker")
+    return results  # type: ignore[return-value]
+
+
+def screen_file(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    model_dir: str | os.PathLike[str] | None = None,
+    n_conformers: int = 1,
+    workers: int | None = None,
+    threads: int = 1,
+    batch_size: int = 64,
+    predictor: Predictor | None = None,
+    on_progress: ProgressFn | None = None,
+    freeze_gc: bool = False,
+) -> dict[str, Any]:
+    """The screen without Prefect: input file → conformers → predictions table.
+
+    What ``densnet predict`` runs by default; ``flows/screen.py`` is the same work as a
+    Prefect flow. Stages:
+
+    1. conformers: a conformers table is read as it is; any other input (``.smi``, ``.csv``,
+       ``.sdf`` — 3D SDF coordinates are kept) goes through
+       :func:`densnet_core.conformers.process_records` in a pool of ``workers`` processes,
+       *while* this process loads the model, and is written to
+       ``<output stem>.conformers.parquet``;
+    2. prediction: :func:`predict_rows_parallel` with ``workers`` processes;
+    3. the predictions table is written atomically, plus ``<output stem>.molecules.parquet``
+       (Boltzmann-averaged per molecule) when ``n_conformers > 1``.
+
+    Parameters
+    ----------
+    input_path
+        ``.smi``/``.csv``/``.sdf`` file, or a conformers table.
+    output_path
+        Destination Parquet file (predictions table).
+    model_dir
+        Model directory; None = the default model.
+    n_conformers
+        Conformers per molecule (SMILES/CSV input).
+    workers
+        Processes for the conformers and the prediction (default: ``DENSNET_WORKERS`` or the
+        usable cores).
+    threads
+        Torch intra-op threads of this process (with ``workers=1``; forked workers use 1).
+    batch_size
+        Molecules per forward pass.
+    predictor
+        An already loaded predictor (then ``model_dir``, ``batch_size`` and ``threads`` are
+        its own).
+    on_progress
+        Called as ``on_progress(stage, done, total)``, stage ``"conformers"`` (records) or
+        ``"predict"`` (conformer rows).
+    freeze_gc
+        Once the model is loaded, move every object to Python's permanent generation
+        (``gc.freeze()``) and (re-)enable the collector: later collections skip the imported
+        modules and the model, forked workers copy fewer pages, and the interpreter's exit is
+        ~1 s shorter. For short-lived processes (the CLI, which also disables the collector
+        during its start-up: ~0.5 s of the ~5 s); it leaves those objects uncollected for good.
+
+    Returns
+    -------
+    dict
+        ``input``, ``output``, ``molecules_output``, ``conformers_output``, ``n_records``,
+        ``n_rows``, ``status_counts`` (rows per status), ``seconds``, ``stage_seconds``
+        (``load``, ``conformers``, ``predict``, ``write``; load and conformers overlap),
+        ``predict_timings`` (CPU-seconds per predictor stage, summed over workers),
+        ``rows_per_second``, ``model_id``, ``model_dir``, ``workers``.
+
+    Raises
+    ------
+    densnet_core.inputs.InputFileError
+        Missing or unreadable input.
+    ModelNotFoundError
+        No model.
+    """
+    import threading
+
+    from densnet_core.inputs import detect_format
+    from densnet_core.settings import get_settings
+
+    start = time.perf_counter()
+    fmt = detect_format(input_path)
+    workers = max(1, int(workers or get_settings().n_workers()))
+    if predictor is None:
+        resolve_model_dir(model_dir)  # fail before any work
+    stage: dict[str, float] = {}
+
+    def notify(name: str, done: int, total: int) -> None:
+        if on_progress is not None:
+            try:
+                on_progress(name, done, total)
+            except Exception:  # a display problem must not fail the run
+                pass
+
+    # --- 1. conformers (in a pool, while the model loads here) ------------------------------
+    conformers_output: str | None = None
+    conf_rows: list[dict[str, Any]] = []
+    embed_error: list[BaseException] = []
+    embedder: threading.Thread | None = None
+    if fmt == "conformers":
+        t0 = time.perf_counter()
+        conf_rows = read_conformer_rows(input_path)
+        stage["conformers"] = time.perf_counter() - t0
+    else:
+        from densnet_core.conformers import process_records, shared_pool
+        from densnet_core.inputs import read_records
+
+        t_embed = time.perf_counter()
+        records = read_records(input_path)
+        # a pool only pays for its start-up (~1 s per worker) with enough records
+        embed_workers = workers if len(records) >= 8 * workers else 1
+        if embed_workers > 1:
+            shared_pool(embed_workers, warm=True)
+
+        def embed() -> None:
+            done = 0
+
+            def progress(n: int) -> None:
+                nonlocal done
+                done += n
+                notify("conformers", done, len(records))
+
+            try:
+                notify("conformers", 0, len(records))
+                conf_rows.extend(
+                    process_records(
+                        records,
+                        workers=embed_workers,
+                        on_progress=progress,
+                        n_conformers=n_conformers,
+                    )
+                )
+            except BaseException as exc:  # re-raised in the caller's thread
+                embed_error.append(exc)
+            finally:
+                stage["conformers"] = time.perf_counter() - t_embed
+
+        embedder = threading.Thread(target=embed, name="densnet-conformers", daemon=True)
+        embedder.start()
+
+    # --- model (overlaps with the conformer pool) -------------------------------------------
+    t0 = time.perf_counter()
+    try:
+        if predictor is None:
+            predictor = Predictor(model_dir, batch_size=batch_size, threads=threads)
+    finally:
+        stage["load"] = time.perf_counter() - t0
+        if embedder is not None:
+            embedder.join()
+    if freeze_gc:
+        import gc
+
+        gc.freeze()
+        gc.enable()
+    if embedder is not None:
+        from densnet_core.conformers import shutdown_shared_pools
+
+        shutdown_shared_pools()  # no idle workers (nor their threads) while we fork below
+    if embed_error:
+        raise embed_error[0]
+    if embedder is not None:
+        from densnet_core import store
+
+        conf_path = sibling_path(output_path, "conformers")
+        conformers_output = str(store.write_table(conf_rows, conf_path, "conformers"))
+
+    # --- 2. prediction ----------------------------------------------------------------------
+    t0 = time.perf_counter()
+    timings_before = dict(predictor.timings)
+    rows = predict_rows_parallel(
+        predictor,
+        conf_rows,
+        workers=workers,
+        on_progress=lambda d, t: notify("predict", d, t),
+    )
+    stage["predict"] = time.perf_counter() - t0
+    predict_timings = {k: v - timings_before.get(k, 0.0) for k, v in predictor.timings.items()}
+
+    # --- 3. tables --------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    from densnet_core import store
+
+    out = str(store.write_table(rows, output_path, "predictions"))
+    molecules_output: str | None = None
+    if n_conformers > 1 and rows:
+        import pandas as pd
+
+        molecules = boltzmann_average(pd.DataFrame(rows))
+        molecules_output = str(
+            write_molecules_table(molecules, sibling_path(output_path, "molecules"))
+        )
+    stage["write"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - start
+    return {
+        "input": str(input_path),
+        "output": out,
+        "molecules_output": molecules_output,
+        "conformers_output": conformers_output,
+        "n_records": len({int(r[K.RECORD_INDEX]) for r in rows}),
+        "n_rows": len(rows),
+        "status_counts": status_counts(rows),
+        "seconds": seconds,
+        "stage_seconds": stage,
+        "predict_timings": predict_timings,
+        "rows_per_second": len(rows) / seconds if seconds > 0 else 0.0,
+        "model_id": predictor.model_id,
+        "model_dir": str(predictor.model_dir),
+        "workers": workers,
+    }

@@ -45,29 +45,15 @@ from densnet_core.inputs import InputFileError, detect_format
 from densnet_core.predict import (
     ALPHA_ANISO_AU,
     boltzmann_average,
+    read_conformer_rows,
     resolve_model_dir,
+    sibling_path,
     status_counts,
     write_molecules_table,
 )
 from tasks.screen import failed_prediction_rows, predict_chunk
 
 SCORES = (K.ALPHA_ISO_AU, K.DIPOLE_DEBYE, ALPHA_ANISO_AU, K.N_ELECTRONS)
-
-# the columns of a conformer row the prediction needs (the rest stays in the conformers table)
-_SENT_COLUMNS = (
-    K.RECORD_INDEX,
-    K.NAME,
-    K.SMILES,
-    K.MOL_ID,
-    K.CONFORMER_ID,
-    K.CHARGE,
-    K.MULTIPLICITY,
-    K.NUMBERS,
-    K.POSITIONS_ANGSTROM,
-    K.MMFF_ENERGY_KCAL,
-    K.STATUS,
-    K.ERROR,
-)
 
 ProgressListener = Callable[[str, int, int], None]
 _LISTENERS: list[ProgressListener] = []
@@ -117,12 +103,6 @@ def _tag_run(tag: str) -> None:
         pass
 
 
-def sibling_path(output_path: str | Path, kind: str) -> Path:
-    """``<output stem>.<kind>.parquet`` next to the output (kind: conformers, molecules)."""
-    out = Path(output_path)
-    return out.with_name(f"{out.stem}.{kind}.parquet")
-
-
 def chunk_ranges(n_rows: int, chunk_size: int | None = None) -> list[range]:
     """Contiguous chunks of about n/8 rows, between 256 and 1024 (or ``chunk_size``)."""
     if n_rows <= 0:
@@ -131,22 +111,13 @@ def chunk_ranges(n_rows: int, chunk_size: int | None = None) -> list[range]:
     return [range(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 def conformer_table_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The prediction-relevant columns of a conformers table as plain dicts, in order."""
-    df = store.read_table(path, "conformers")
-    cols = [c for c in _SENT_COLUMNS if c in df.columns]
-    return [
-        {c: _plain(v) for c, v in zip(cols, values, strict=True)}
-        for values in df[cols].itertuples(index=False, name=None)
-    ]
+    """The prediction-relevant columns of a conformers table as plain dicts, in order.
+
+    Plain Python lists (not numpy arrays) for ``numbers`` and ``positions_angstrom``: the rows
+    are Prefect task parameters.
+    """
+    return read_conformer_rows(path, arrays=False)
 
 
 @task(name="write-predictions", cache_policy=NO_CACHE, persist_result=False)

@@ -1,14 +1,27 @@
-"""``densnet predict INPUT -o OUT.parquet``: dipoles and polarizabilities from the density model."""
+"""``densnet predict INPUT -o OUT.parquet``: dipoles and polarizabilities from the density model.
+
+By default the command runs the library directly (:func:`densnet_core.predict.screen_file`: the
+conformer stage in a process pool while the model loads, then batched prediction in processes
+forked from the loaded model, one torch thread each) and never imports Prefect. Starting Prefect's
+temporary server costs ~10-25 s of wall time on a 2-core machine, longer than predicting the
+whole 1,017-compound ChEMBL series, so it is opt-in: ``--prefect`` runs ``flows/screen.py``'s
+``screen_flow`` (flow and task runs, progress, top-N and summary artifacts in the Prefect UI).
+``densnet run`` always uses Prefect.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from densnet.console import fail, say, status_line
+
+ProgressFn = Callable[[str, int, int], None]
 
 
 def predict(
@@ -40,16 +53,36 @@ def predict(
         int | None,
         typer.Option(
             min=1,
-            help="Processes for conformers and prediction [default: conformers on all cores, "
-            "prediction in 1 process with 1 thread — the fastest measured on 2 cores].",
+            help="Processes for conformers and prediction [default: DENSNET_WORKERS or all "
+            "cores; prediction workers are forked from the loaded model, 1 torch thread each].",
         ),
     ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Torch intra-op threads when predicting in one process (--workers 1).",
+        ),
+    ] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Molecules per forward pass.")] = 64,
+    prefect: Annotated[
+        bool,
+        typer.Option(
+            "--prefect",
+            help="Run as the Prefect flow 'screen' (tracked in the Prefect UI, with artifacts). "
+            "Starts Prefect's temporary server (~10-25 s) unless PREFECT_API_URL is set.",
+        ),
+    ] = False,
     dask_address: Annotated[
         str | None,
-        typer.Option(help="Scheduler address of an existing Dask cluster, e.g. tcp://host:8786."),
+        typer.Option(
+            help="Scheduler address of an existing Dask cluster, e.g. tcp://host:8786 "
+            "(implies --prefect)."
+        ),
     ] = None,
-    top_n: Annotated[int, typer.Option(min=0, help="Candidates in the top-N artifact.")] = 20,
+    top_n: Annotated[
+        int, typer.Option(min=0, help="Candidates in the top-N artifact (--prefect only).")
+    ] = 20,
 ) -> None:
     """Predict dipole moments and polarizabilities for every record of INPUT.
 
@@ -75,17 +108,101 @@ def predict(
     except ModelNotFoundError as exc:
         raise fail(str(exc)) from None
 
+    use_prefect = prefect or dask_address is not None
+    with _progress_bar() as update:
+        if use_prefect:
+            summary = _run_flow(
+                input_path, output, model_dir, n_conformers, workers, threads, batch_size,
+                dask_address, top_n, update,
+            )  # fmt: skip
+        else:
+            summary = _run_local(
+                input_path, output, model_dir, n_conformers, workers, threads, batch_size, update
+            )
+
+    seconds = time.perf_counter() - t0
+    n, n_rows = summary["n_records"], summary["n_rows"]
+    if n == 0:
+        say(f"input {input_path} has no records; wrote an empty table")
+    mode = "Prefect flow" if use_prefect else f"no Prefect, {summary.get('workers', 1)} workers"
+    say(
+        f"{n} records → {n_rows} predictions in {seconds:.1f} s "
+        f"({n / seconds:.1f} mol/s end to end, {mode}; model {summary['model_id']})"
+    )
+    say(status_line(summary["status_counts"]))
+    say(f"output: {summary['output']}")
+    if summary.get("conformers_output"):
+        say(f"conformers: {summary['conformers_output']}")
+    if summary.get("molecules_output"):
+        say(f"per-molecule Boltzmann averages: {summary['molecules_output']}")
+    say(f'open it: pandas.read_parquet("{summary["output"]}")')
+
+
+def _run_local(
+    input_path: Path,
+    output: Path,
+    model_dir: Path,
+    n_conformers: int,
+    workers: int | None,
+    threads: int,
+    batch_size: int,
+    update: ProgressFn | None,
+) -> dict[str, Any]:
+    """The library path (:func:`densnet_core.predict.screen_file`); Prefect is never imported."""
+    import gc
+
+    gc.disable()  # start-up makes ~10^6 long-lived objects: no collections while it runs
+    from densnet_core.predict import (
+        import_e3nn_without_dynamo,
+        screen_file,
+        tune_malloc_for_inference,
+    )
+
+    tune_malloc_for_inference()  # a short-lived process: keep big tensors' pages (~20 % CPU)
+    import torch
+
+    torch.set_num_threads(threads)  # before any op; forked workers run 1 thread each
+    import_e3nn_without_dynamo()
+    try:
+        return screen_file(
+            input_path,
+            output,
+            model_dir=model_dir,
+            n_conformers=n_conformers,
+            workers=workers,
+            threads=threads,
+            batch_size=batch_size,
+            on_progress=update,
+            freeze_gc=True,  # re-enables the collector once the model is loaded
+        )
+    except Exception as exc:
+        raise fail(f"the predict run failed: {type(exc).__name__}: {exc}", code=1) from None
+
+
+def _run_flow(
+    input_path: Path,
+    output: Path,
+    model_dir: Path,
+    n_conformers: int,
+    workers: int | None,
+    threads: int,
+    batch_size: int,
+    dask_address: str | None,
+    top_n: int,
+    update: ProgressFn | None,
+) -> dict[str, Any]:
+    """The Prefect path: ``flows.screen.screen_flow`` on the (temporary) server."""
     from densnet.prefect_env import configure_for_cli, start_server_early
 
     configure_for_cli()
     boot = start_server_early()
 
-    # torch threads: set once here, before any model is loaded (1 measured fastest)
+    # torch threads: set once here, before any model is loaded
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from flows.runners import task_runner
-    from flows.screen import screen_flow
+    from flows.screen import progress_listener, screen_flow
 
     pred_workers = 1 if workers is None else workers
     flow_fn = screen_flow
@@ -97,7 +214,7 @@ def predict(
         from tasks.screen import get_predictor
 
         try:
-            get_predictor(str(model_dir), batch_size=batch_size, threads=1)
+            get_predictor(str(model_dir), batch_size=batch_size, threads=threads)
         except Exception as exc:
             raise fail(f"cannot load the model at {model_dir}: {exc}") from None
     if boot is not None:
@@ -112,33 +229,27 @@ def predict(
         "batch_size": batch_size,
         "dask_address": dask_address,
         "top_n": top_n,
-        "threads": 1,
+        "threads": threads,
     }
-    summary = _run_with_progress(flow_fn, kwargs, t0)
-
-    seconds = time.perf_counter() - t0
-    n, n_rows = summary["n_records"], summary["n_rows"]
-    if n == 0:
-        say(f"input {input_path} has no records; wrote an empty table")
-    say(
-        f"{n} records → {n_rows} predictions in {seconds:.1f} s "
-        f"({n / seconds:.1f} mol/s end to end; model {summary['model_id']})"
-    )
-    say(status_line(summary["status_counts"]))
-    say(f"output: {summary['output']}")
-    if summary.get("molecules_output"):
-        say(f"per-molecule Boltzmann averages: {summary['molecules_output']}")
-    say(f'open it: pandas.read_parquet("{summary["output"]}")')
+    try:
+        if update is None:
+            return flow_fn(**kwargs)
+        with progress_listener(update):
+            return flow_fn(**kwargs)
+    except Exception as exc:
+        raise fail(f"the predict run failed: {type(exc).__name__}: {exc}", code=1) from None
 
 
-def _run_with_progress(flow_fn: Any, kwargs: dict[str, Any], t0: float) -> dict[str, Any]:
+@contextmanager
+def _progress_bar() -> Iterator[ProgressFn | None]:
+    """A transient progress bar per stage (rate, ETA) on a terminal; yields its update
+    function ``update(stage, done, total)``, or None when stderr is not a terminal."""
     from rich.console import Console
-
-    from flows.screen import progress_listener
 
     console = Console(stderr=True)
     if not console.is_terminal:
-        return _run(flow_fn, kwargs)
+        yield None
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -157,6 +268,7 @@ def _run_with_progress(flow_fn: Any, kwargs: dict[str, Any], t0: float) -> dict[
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        auto_refresh=False,  # no refresh thread: prediction workers are forked from here
     ) as bar:
         ids: dict[str, Any] = {}
         started: dict[str, float] = {}
@@ -167,13 +279,6 @@ def _run_with_progress(flow_fn: Any, kwargs: dict[str, Any], t0: float) -> dict[
                 started[stage] = time.perf_counter()
             elapsed = max(time.perf_counter() - started[stage], 1e-9)
             bar.update(ids[stage], completed=done, total=total, rate=f"{done / elapsed:.1f}/s")
+            bar.refresh()
 
-        with progress_listener(update):
-            return _run(flow_fn, kwargs)
-
-
-def _run(flow_fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return flow_fn(**kwargs)
-    except Exception as exc:
-        raise fail(f"the predict run failed: {type(exc).__name__}: {exc}", code=1) from None
+        yield update

@@ -20,12 +20,18 @@ from densnet_core.level import DEFAULT_LEVEL
 from densnet_core.model import DensityModel
 from densnet_core.modelio import save_model
 from densnet_core.predict import (
+    N_ATOMS,
+    SENT_COLUMNS,
     ModelNotFoundError,
     Predictor,
     alpha_anisotropy,
     boltzmann_average,
     boltzmann_weights,
+    predict_rows_parallel,
+    read_conformer_rows,
     resolve_model_dir,
+    screen_file,
+    sibling_path,
 )
 from densnet_core.units import DEBYE_PER_AU
 from tests.core._tiny_labels import conformer_rows
@@ -245,3 +251,224 @@ def test_boltzmann_weights_and_average() -> None:
     assert mol.loc[1, K.DIPOLE_DEBYE] == pytest.approx(2.0)
     assert (mol.loc[1, "alpha_iso_au_min"], mol.loc[1, "alpha_iso_au_max"]) == (10.0, 20.0)
     assert mol.loc[2, K.STATUS] == "invalid_smiles" and mol.loc[2, "n_conformers"] == 0
+
+
+# ---- batching, parallel prediction and the screen without Prefect --------------------------
+DRUG_LIKE = [
+    ("benzene", "c1ccccc1"),
+    ("caffeine", "Cn1cnc2c1c(=O)n(C)c(=O)n2C"),
+    ("chembl-like", "O=S(=O)(Nc1nccs1)c1ccc(Oc2ccccc2-c2ccccc2)c(C#N)c1"),
+    ("propanol", "CCCO"),
+]
+
+
+def drug_like_rows(start_index: int = 0) -> list[dict]:
+    """RDKit-embedded conformer rows of molecules of 12 to 40 atoms (plus a tiny one)."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    rows = []
+    for i, (name, smi) in enumerate(DRUG_LIKE):
+        mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+        assert AllChem.EmbedMolecule(mol, randomSeed=7) == 0
+        numbers = [a.GetAtomicNum() for a in mol.GetAtoms()]
+        rows.append(_row(start_index + i, name, numbers, mol.GetConformer().GetPositions()))
+    return rows
+
+
+def test_batched_equals_one_at_a_time_for_different_sizes(model_dir: Path) -> None:
+    """Molecules of 3 to 40 atoms in one size-sorted batch give what they give alone."""
+    rows = drug_like_rows() + conformer_rows(1, seed=5)
+    sizes = sorted(len(r[K.NUMBERS]) for r in rows)
+    assert sizes[0] <= 4 and sizes[-1] >= 35
+    batched = Predictor(model_dir, batch_size=64).predict_rows(rows)
+    single = Predictor(model_dir, batch_size=1)
+    for row, b in zip(rows, batched, strict=True):
+        s = single.predict_rows([row])[0]
+        assert b[K.STATUS] == s[K.STATUS] == "ok"
+        np.testing.assert_allclose(b[K.DIPOLE_AU], s[K.DIPOLE_AU], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            b[K.POLARIZABILITY_AU], s[K.POLARIZABILITY_AU], rtol=1e-5, atol=1e-5
+        )
+        assert b[K.N_ELECTRONS] == pytest.approx(s[K.N_ELECTRONS], abs=1e-5)
+
+
+def test_numpy_rows_equal_list_rows(predictor: Predictor) -> None:
+    """Rows holding numpy arrays (read_conformer_rows) predict exactly like plain lists."""
+    rows = drug_like_rows()
+    as_arrays = [
+        dict(
+            r,
+            **{
+                K.NUMBERS: np.asarray(r[K.NUMBERS], dtype=np.int64),
+                K.POSITIONS_ANGSTROM: np.asarray(r[K.POSITIONS_ANGSTROM]),
+            },
+        )
+        for r in rows
+    ]
+    for a, b in zip(predictor.predict_rows(rows), predictor.predict_rows(as_arrays), strict=True):
+        assert a[K.DIPOLE_AU] == b[K.DIPOLE_AU] and a[K.POLARIZABILITY_AU] == b[K.POLARIZABILITY_AU]
+        assert a[N_ATOMS] == b[N_ATOMS] and a[K.N_HEAVY_ATOMS] == b[K.N_HEAVY_ATOMS]
+
+
+def test_read_conformer_rows(tmp_path: Path) -> None:
+    from densnet_core import store
+
+    rows = mixed_rows()
+    for r in rows:
+        r.update({K.INPUT_SMILES: r[K.SMILES], K.N_HEAVY_ATOMS: 1, K.FORCE_FIELD: "MMFF94"})
+        r.update({K.FRAGMENT_NOTE: "", K.STEREO_NOTE: "", K.CONFORMER_KEY: ""})
+    path = store.write_table(rows, tmp_path / "conf.parquet", "conformers")
+    arrays = read_conformer_rows(path)
+    plain = read_conformer_rows(path, arrays=False)
+    assert len(arrays) == len(plain) == len(rows)
+    for r, a, p in zip(rows, arrays, plain, strict=True):
+        assert set(a) == set(p) == set(SENT_COLUMNS)
+        assert isinstance(p[K.POSITIONS_ANGSTROM], list)
+        assert a[K.NUMBERS].dtype == np.int64 and a[K.NUMBERS].tolist() == r[K.NUMBERS]
+        assert a[K.POSITIONS_ANGSTROM].shape == (len(r[K.NUMBERS]), 3)
+        np.testing.assert_array_equal(a[K.POSITIONS_ANGSTROM].reshape(-1, 3),
+                                      np.reshape(r[K.POSITIONS_ANGSTROM], (-1, 3)))  # fmt: skip
+        assert p[K.POSITIONS_ANGSTROM] == r[K.POSITIONS_ANGSTROM]
+        assert a[K.STATUS] == r[K.STATUS] and a[K.NAME] == r[K.NAME]
+    with pytest.raises(store.SchemaError, match="not 'conformers'"):
+        read_conformer_rows(store.write_table(
+            [{K.RECORD_INDEX: 0, K.NAME: "x", K.SMILES: "C", K.MOL_ID: "m", K.CONFORMER_ID: 0,
+              K.MODEL_ID: "m", K.DIPOLE_DEBYE: 0.0, K.DIPOLE_AU: None, K.POLARIZABILITY_AU: None,
+              K.ALPHA_ISO_AU: 0.0, K.N_ELECTRONS: 0.0, K.STATUS: "ok", K.ERROR: ""}],
+            tmp_path / "pred.parquet", "predictions"))  # fmt: skip
+
+
+def test_parallel_prediction_equals_serial(model_dir: Path) -> None:
+    """Two forked workers: same rows, same order, same numbers, timings added up."""
+    rows = mixed_rows() + drug_like_rows(start_index=100) + conformer_rows(2, seed=9)
+    serial = Predictor(model_dir, batch_size=4).predict_rows(rows)
+    p = Predictor(model_dir, batch_size=4)
+    seen: list[tuple[int, int]] = []
+    parallel = predict_rows_parallel(
+        p, rows, workers=2, chunk_size=5, on_progress=lambda d, t: seen.append((d, t))
+    )
+    assert [o[K.RECORD_INDEX] for o in parallel] == [r[K.RECORD_INDEX] for r in rows]
+    for a, b in zip(serial, parallel, strict=True):
+        assert a[K.STATUS] == b[K.STATUS] and a[K.ERROR] == b[K.ERROR]
+        if a[K.STATUS] == "ok":
+            np.testing.assert_allclose(a[K.DIPOLE_AU], b[K.DIPOLE_AU], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                a[K.POLARIZABILITY_AU], b[K.POLARIZABILITY_AU], rtol=1e-5, atol=1e-5
+            )
+    assert seen[0] == (0, len(rows)) and seen[-1] == (len(rows), len(rows))
+    assert p.timings["forward"] > 0 and p.threads is None  # restored after the workers
+
+
+def test_screen_file_sdf_keeps_coordinates(model_dir: Path, tmp_path: Path) -> None:
+    """The screen without Prefect: SDF in, coordinates used as given, sibling tables out."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from densnet_core import store
+
+    sdf = tmp_path / "in.sdf"
+    with Chem.SDWriter(str(sdf)) as w:
+        for name, smi in [*DRUG_LIKE, ("silane", "[SiH4]")]:
+            mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+            AllChem.EmbedMolecule(mol, randomSeed=3)
+            mol.SetProp("_Name", name)
+            w.write(mol)
+    out = tmp_path / "pred.parquet"
+    stages: set[str] = set()
+    summary = screen_file(
+        sdf, out, model_dir=model_dir, workers=1, on_progress=lambda s, d, t: stages.add(s)
+    )
+    assert stages == {"conformers", "predict"}
+    df = store.read_table(out, "predictions")
+    assert list(df[K.NAME]) == [n for n, _ in DRUG_LIKE] + ["silane"]
+    assert list(df[K.STATUS]) == ["ok"] * len(DRUG_LIKE) + ["unsupported_element"]
+    assert summary["conformers_output"] == str(sibling_path(out, "conformers"))
+    assert summary["n_records"] == len(DRUG_LIKE) + 1 and summary["molecules_output"] is None
+    mols = list(Chem.SDMolSupplier(str(sdf), removeHs=False))
+    direct = Predictor(model_dir).predict_rows(
+        [
+            _row(i, m.GetProp("_Name"), [a.GetAtomicNum() for a in m.GetAtoms()],
+                 m.GetConformer().GetPositions())
+            for i, m in enumerate(mols[: len(DRUG_LIKE)])
+        ]
+    )  # fmt: skip
+    for (_, row), d in zip(df.iterrows(), direct, strict=False):
+        np.testing.assert_allclose(row[K.DIPOLE_AU], d[K.DIPOLE_AU], atol=1e-5)
+        np.testing.assert_allclose(row[K.POLARIZABILITY_AU], d[K.POLARIZABILITY_AU], atol=1e-5)
+
+
+def test_screen_file_conformers_table_with_boltzmann(model_dir: Path, tmp_path: Path) -> None:
+    from densnet_core import store
+
+    rows = conformer_rows(3, seed=1)
+    for i, r in enumerate(rows):
+        r[K.MMFF_ENERGY_KCAL] = float(i % 3)
+        r.update({K.INPUT_SMILES: r[K.SMILES], K.N_HEAVY_ATOMS: 1, K.FORCE_FIELD: "MMFF94"})
+        r.update({K.FRAGMENT_NOTE: "", K.STEREO_NOTE: ""})
+    conf = store.write_table(rows, tmp_path / "conf.parquet", "conformers")
+    predictor = Predictor(model_dir, batch_size=4)
+    summary = screen_file(
+        conf, tmp_path / "pred.parquet", n_conformers=3, workers=2, predictor=predictor
+    )
+    df = store.read_table(summary["output"], "predictions")
+    assert len(df) == len(rows) and (df[K.STATUS] == "ok").all()
+    assert summary["conformers_output"] is None and summary["workers"] == 2
+    mol = store.read_table(summary["molecules_output"], "molecules")
+    assert list(mol[K.RECORD_INDEX]) == [0, 1, 2, 3] and (mol["n_conformers"] == 3).all()
+
+
+def test_tune_malloc_for_inference_in_a_fresh_process() -> None:
+    """The malloc settings are process-global: checked in a child, not in the test process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from densnet_core.predict import tune_malloc_for_inference as t; "
+        "ok = t(); x = torch.randn(30_000_000); del x; y = torch.randn(30_000_000); "
+        "print(ok, bool(torch.isfinite(y.sum())))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() in (["True", "True"], ["False", "True"])
+
+
+def test_featurizer_tables_cached_on_disk(tmp_path: Path) -> None:
+    """The per-element tables come back from the cache file bit for bit, without PySCF."""
+    import subprocess
+    import sys
+
+    from densnet_core.featurize import Featurizer
+
+    fresh = Featurizer(DEFAULT_LEVEL, cache_dir=tmp_path)
+    tables = {z: fresh.element(z) for z in (1, 6, 8)}
+    assert fresh.cache_path().is_file() and fresh.cache_path().parent == tmp_path / "featurize"
+    again = Featurizer(DEFAULT_LEVEL, cache_dir=tmp_path)
+    for z, t in tables.items():
+        c = again.element(z)
+        for a, b in ((t.q, c.q), (t.p, c.p), (t.prior, c.prior)):
+            np.testing.assert_array_equal(a, b)
+            assert not b.flags.writeable
+    no_prior = Featurizer(DEFAULT_LEVEL, with_prior=False, cache_dir=tmp_path)
+    assert no_prior.cache_path() != fresh.cache_path()  # the key covers the settings
+    code = (
+        "import sys\n"
+        "from densnet_core.featurize import Featurizer\n"
+        "from densnet_core.level import DEFAULT_LEVEL\n"
+        f"f = Featurizer(DEFAULT_LEVEL, cache_dir={str(tmp_path)!r})\n"
+        "m = f([8, 1, 1], [[0, 0, 0], [1.8, 0, 0], [0, 1.8, 0]])\n"
+        "print(m.charge_ints.shape[0], 'pyscf' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    n, pyscf_loaded = proc.stdout.split()
+    assert int(n) == tables[8].q.shape[0] + 2 * tables[1].q.shape[0] and pyscf_loaded == "False"
+
+
+def test_element_symbols_match_pyscf() -> None:
+    from pyscf.data.elements import ELEMENTS
+
+    from densnet_core.predict import _symbol
+
+    assert [_symbol(z) for z in range(1, 119)] == list(ELEMENTS[1:119])
+    assert _symbol(0) == "Z=0" and _symbol(200) == "Z=200"
