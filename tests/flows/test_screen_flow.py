@@ -186,3 +186,38 @@ def test_densnet_predict_cli_end_to_end(mixed_smi: Path, model_dir: Path, tmp_pa
     assert "Traceback" not in proc.stderr
     df = store.read_table(out, "predictions")
     assert list(df[K.STATUS]) == EXPECTED
+
+
+@pytest.mark.slow
+def test_screen_on_an_existing_dask_cluster_matches_in_process(
+    mixed_smi: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Scale-out: the screen flow given the address of a running 2-worker LocalCluster (what
+    ``densnet predict --dask-address`` does) gives the same rows as the in-process screen."""
+    from distributed import Client, LocalCluster
+
+    from flows.runners import task_runner
+
+    local_out, dask_out = tmp_path / "local.parquet", tmp_path / "dask.parquet"
+    screen_flow(input_path=str(mixed_smi), output_path=str(local_out), model_dir=str(model_dir))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        address = cluster.scheduler_address
+        flow = screen_flow.with_options(task_runner=task_runner(dask_address=address))
+        summary = flow(
+            input_path=str(mixed_smi),
+            output_path=str(dask_out),
+            model_dir=str(model_dir),
+            dask_address=address,
+            chunk_size=2,
+        )
+        with Client(address) as client:
+            assert len(client.scheduler_info()["workers"]) == 2
+    a = store.read_table(local_out, "predictions")
+    b = store.read_table(dask_out, "predictions")
+    assert list(b[K.STATUS]) == EXPECTED and summary["status_counts"]["ok"] == 3
+    assert list(a[K.NAME]) == list(b[K.NAME])
+    ok = a[K.STATUS] == "ok"
+    np.testing.assert_allclose(
+        np.stack(a.loc[ok, K.DIPOLE_AU]), np.stack(b.loc[ok, K.DIPOLE_AU]), atol=1e-5
+    )
+    np.testing.assert_allclose(a.loc[ok, K.ALPHA_ISO_AU], b.loc[ok, K.ALPHA_ISO_AU], rtol=1e-5)
