@@ -43,3 +43,7 @@ app.command("run")(run)
 from densnet.commands.predict import predict  # noqa: E402 - light import (typer only)
 
 app.command("predict")(predict)
+
+from densnet.commands.md import md  # noqa: E402 - light import (typer only)
+
+app.command("md")(md)

@@ -1,0 +1,182 @@
+"""MD benchmark: held-out energy/force errors, MD speed, ethanol IR peaks vs PySCF harmonic.
+
+    python -m benchmarks.md --model data/md/ethanol/model            # errors + speed
+    python -m benchmarks.md --model ... --ir-steps 4000 --reference   # + IR peak table
+
+1. Energy and force MAE of the MD model on its held-out configurations (the conformer keys in
+   its model card) from the label store (``--labels``), against the goals of issue 5
+   (force MAE <= 43 meV/Å = 1 kcal/mol/Å).
+2. MD speed: steps per second of NVE on ethanol with :class:`DenSNetCalculator` (one torch
+   thread), and the NVE drift (meV/atom/ps; goal < 1).
+3. With ``--ir-steps``: an NVE run at 300 K, its IR spectrum and the O-H, C-H and C-O stretch
+   peaks; with ``--reference`` (expensive: PySCF optimisation, Hessian, dipole derivatives;
+   ``--reference-no-intensities`` skips the derivatives) the PySCF harmonic frequencies of
+   the same bands and the relative deviation (goal: within 2 %).
+
+Prints plain-text tables; ``--json OUT`` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+BANDS = {  # (name, low, high) cm^-1 windows of the ethanol stretches
+    "O-H stretch": (3300.0, 4000.0),
+    "C-H stretch": (2750.0, 3250.0),
+    "C-O stretch": (950.0, 1150.0),
+}
+
+
+def _band_peak(wn: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
+    sel = (wn >= lo) & (wn <= hi)
+    if not sel.any() or np.max(y[sel]) <= 0:
+        return float("nan")
+    return float(wn[sel][np.argmax(y[sel])])
+
+
+def _ref_band(freq: np.ndarray, inten: np.ndarray, lo: float, hi: float) -> float:
+    sel = (freq >= lo) & (freq <= hi)
+    if not sel.any():
+        return float("nan")
+    if np.all(np.isnan(inten[sel])):
+        return float(np.max(freq[sel]))
+    return float(freq[sel][np.nanargmax(inten[sel])])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True, help="MD model directory")
+    ap.add_argument("--labels", type=Path, default=Path("data/md/ethanol/labels"))
+    ap.add_argument("--smiles", default="CCO")
+    ap.add_argument("--speed-steps", type=int, default=100)
+    ap.add_argument("--ir-steps", type=int, default=0)
+    ap.add_argument("--temperature-K", type=float, default=300.0)
+    ap.add_argument("--reference", action="store_true")
+    ap.add_argument("--reference-no-intensities", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/densnet-md-bench"))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from densnet_core.calculator import DenSNetCalculator
+    from densnet_core.energy_train import evaluate_energy, load_md_model, load_md_samples
+    from densnet_core.md import (
+        MDSettings,
+        MDUnstableError,
+        read_structure,
+        read_timeseries,
+        run_md,
+    )
+
+    report: dict = {"model": str(args.model)}
+    pot, card = load_md_model(args.model)
+    report["model_id"] = card.get("model_id")
+
+    # 1. held-out errors
+    try:
+        samples = load_md_samples(args.labels, level=pot.level)
+        val_keys = set(card.get("validation_conformer_keys", []))
+        held = [s for s in samples if s.conformer_key in val_keys]
+        trained_n = int(card.get("n_train_configurations", 0))
+        report["n_labels"] = len(samples)
+        report["n_held_out"] = len(held)
+        errs = evaluate_energy(pot, held) if held else {}
+        report["held_out"] = errs
+        print(f"labels: {len(samples)} ok; model trained on {trained_n}, held out {len(held)}")
+        if errs:
+            print("held-out configurations (vs PySCF):")
+            e_mae, e_atom = errs["energy_mae_mev"], errs["energy_mae_mev_per_atom"]
+            f_mae, f_kcal = errs["force_mae_mev_per_angstrom"], errs["force_mae_kcal_mol_angstrom"]
+            print(f"  energy MAE  {e_mae:8.2f} meV  ({e_atom:.2f} meV/atom)")
+            print(f"  force MAE   {f_mae:8.2f} meV/Å  ({f_kcal:.3f} kcal/mol/Å; goal <= 43 meV/Å)")
+            print(f"  dipole MAE  {errs['dipole_mae_debye']:8.4f} D")
+    except Exception as exc:  # the label store is optional for the speed part
+        print(f"held-out errors skipped: {type(exc).__name__}: {exc}")
+
+    # 2. speed and drift
+    atoms = read_structure(args.smiles)
+    calc = DenSNetCalculator(model=args.model)
+    from ase.optimize import BFGS
+
+    atoms.calc = calc
+    BFGS(atoms, logfile=None).run(fmax=0.05, steps=200)
+    s = MDSettings(
+        steps=args.speed_steps, equilibration_steps=0, temperature_K=args.temperature_K,
+        checkpoint_interval=10**9, seed=1,
+    )  # fmt: skip
+    import shutil
+
+    shutil.rmtree(args.out / "speed", ignore_errors=True)
+    try:
+        summ = run_md(atoms, calc, args.out / "speed", settings=s)
+    except MDUnstableError as exc:
+        print(f"MD speed run failed: {exc}")
+        report["md_error"] = str(exc)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        return
+    report["md_steps_per_second"] = summ["steps_per_second"]
+    report["nve_drift_mev_per_atom_per_ps"] = 1000 * summ["nve_drift_ev_per_atom_per_ps"]
+    print(f"MD: {summ['steps_per_second']:.2f} steps/s ({len(atoms)} atoms, 1 thread); "
+          f"NVE drift {report['nve_drift_mev_per_atom_per_ps']:.3f} meV/atom/ps over "
+          f"{args.speed_steps} steps")  # fmt: skip
+
+    # 3. IR
+    if args.ir_steps:
+        from densnet_core.ir import harmonic_ir_pyscf, ir_spectrum, write_ir
+
+        t0 = time.perf_counter()
+        s = MDSettings(
+            steps=args.ir_steps, equilibration_steps=1000, temperature_K=args.temperature_K
+        )
+        run_md(atoms, calc, args.out / "ir", settings=s)
+        ts = read_timeseries(args.out / "ir")
+        prod = ts[ts["phase"] == "production"]
+        wn, y = ir_spectrum(np.stack(prod["dipole_au"].to_numpy()), timestep_fs=s.timestep_fs,
+                            temperature_K=args.temperature_K)  # fmt: skip
+        ref = None
+        if args.reference:
+            ref = harmonic_ir_pyscf(
+                atoms.get_atomic_numbers(),
+                atoms.get_positions(),
+                intensities=not args.reference_no_intensities,
+                progress=print,
+            )
+        write_ir(
+            args.out / "ir",
+            wn,
+            y,
+            reference=None if ref is None else {**ref, "label": "PySCF harmonic"},
+        )
+        print(f"IR run: {time.perf_counter() - t0:.0f} s; spectrum in {args.out / 'ir'}")
+        print(f"{'band':<12} {'ML-MD':>8} {'PySCF harm.':>12} {'dev %':>7}")
+        rows = []
+        for name, (lo, hi) in BANDS.items():
+            ml = _band_peak(wn, y, lo, hi)
+            qm = float("nan")
+            if ref is not None:
+                qm = _ref_band(
+                    np.asarray(ref["frequencies_cm1"]),
+                    np.asarray(ref["intensities_km_mol"]),
+                    lo,
+                    hi,
+                )
+            dev = 100 * (ml - qm) / qm if np.isfinite(qm) else float("nan")
+            rows.append(
+                {"band": name, "ml_md_cm1": ml, "pyscf_harmonic_cm1": qm, "deviation_pct": dev}
+            )
+            print(f"{name:<12} {ml:8.0f} {qm:12.0f} {dev:7.2f}")
+        report["ir_peaks"] = rows
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()

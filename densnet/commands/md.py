@@ -1,0 +1,189 @@
+"""``densnet md INPUT -o OUT_DIR``: molecular dynamics and the IR spectrum on the DenSNet model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from densnet.console import fail, say
+
+
+def md(
+    input_text: Annotated[
+        str, typer.Argument(help="A SMILES string, or a .smi, .sdf/.mol or .xyz file.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumed).")],
+    model: Annotated[
+        Path | None,
+        typer.Option(help="MD model directory (default: models/densnet-md-ethanol)."),
+    ] = None,
+    temperature_k: Annotated[
+        float, typer.Option("--temperature-K", min=1.0, help="Temperature, K.")
+    ] = 300.0,
+    timestep_fs: Annotated[
+        float, typer.Option("--timestep-fs", min=0.01, help="Time step, fs.")
+    ] = 0.5,
+    steps: Annotated[int, typer.Option(min=1, help="NVE production steps.")] = 4000,
+    equilibration_steps: Annotated[
+        int, typer.Option(min=0, help="Langevin equilibration steps before production.")
+    ] = 1000,
+    friction_per_fs: Annotated[
+        float, typer.Option("--friction-per-fs", min=0.0, help="Langevin friction, 1/fs.")
+    ] = 0.01,
+    optimize: Annotated[
+        bool, typer.Option(help="Relax the start geometry on the model first (BFGS).")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the velocities and Langevin noise.")] = 0,
+    ir: Annotated[bool, typer.Option(help="Write the IR spectrum of the production run.")] = True,
+    reference: Annotated[
+        bool,
+        typer.Option(
+            help="Also compute the PySCF harmonic IR spectrum (Hessian + dipole derivatives; "
+            "expensive) and draw it on the same axes."
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+) -> None:
+    """Langevin equilibration, then NVE production, then the IR spectrum from the dipole.
+
+    OUT_DIR gets trajectory.xyz (extended XYZ), timeseries.parquet, a checkpoint (rerunning the
+    same command after an interruption continues where it stopped), summary.json and, with
+    --ir, ir_spectrum.parquet, ir_peaks.parquet and ir_spectrum.png.
+    """
+    t0 = time.perf_counter()
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from densnet_core.calculator import DenSNetCalculator, MDModelNotFoundError
+    from densnet_core.md import (
+        CHECKPOINT_JSON,
+        MDSettings,
+        MDUnstableError,
+        read_structure,
+        run_md,
+    )
+
+    try:
+        atoms = read_structure(input_text)
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    try:
+        calc = DenSNetCalculator(model=model, device=device)
+    except MDModelNotFoundError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:
+        raise fail(f"cannot load the MD model: {type(exc).__name__}: {exc}") from None
+    unsupported = sorted(set(atoms.get_atomic_numbers().tolist()) - set(calc.potential.elements))
+    if unsupported:
+        raise fail(f"elements {unsupported} are not covered by the model {calc.model_id}")
+    say(f"{atoms.get_chemical_formula()} ({len(atoms)} atoms), model {calc.model_id}")
+    resuming = (output / CHECKPOINT_JSON).is_file()
+    if optimize and not resuming:
+        from ase.optimize import BFGS
+
+        atoms.calc = calc
+        opt = BFGS(atoms, logfile=None)
+        converged = opt.run(fmax=0.05, steps=300)
+        if not np.isfinite(atoms.get_forces()).all() or abs(atoms.get_forces()).max() > 50.0:
+            raise fail(
+                "relaxing the start geometry on the model failed (forces "
+                f"{abs(atoms.get_forces()).max():.3g} eV/Å after {opt.nsteps} BFGS steps): the "
+                f"model {calc.model_id} is not usable for this molecule",
+                code=1,
+            )
+        say(
+            f"relaxed on the model: {opt.nsteps} BFGS steps, fmax "
+            f"{abs(atoms.get_forces()).max():.3f} eV/Å{'' if converged else ' (not converged)'}"
+        )
+    settings = MDSettings(
+        temperature_K=temperature_k,
+        timestep_fs=timestep_fs,
+        steps=steps,
+        equilibration_steps=equilibration_steps,
+        friction_per_fs=friction_per_fs,
+        seed=seed,
+    )
+    if resuming:
+        say(f"resuming the run in {output}")
+    try:
+        summary = _run_with_progress(run_md, atoms, calc, output, settings)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    except MDUnstableError as exc:
+        raise fail(str(exc), code=1) from None
+    say(
+        f"{summary['steps_run_now']} steps in {summary['seconds']:.0f} s "
+        f"({summary['steps_per_second']:.1f} steps/s); production ⟨T⟩ "
+        f"{summary['mean_temperature_K']:.0f} K; NVE drift "
+        f"{1000 * summary['nve_drift_ev_per_atom_per_ps']:.3f} meV/atom/ps"
+    )
+    say(f"trajectory: {summary['trajectory']}")
+    say(f"time series: {summary['timeseries']}")
+    if ir:
+        from densnet_core.ir import harmonic_ir_pyscf, ir_spectrum, write_ir
+        from densnet_core.md import read_timeseries
+
+        ts = read_timeseries(output)
+        prod = ts[ts["phase"] == "production"]
+        if len(prod) < 64:
+            say("too few production samples for an IR spectrum (need >= 64)")
+        else:
+            dip = np.stack(prod["dipole_au"].to_numpy())
+            dt = timestep_fs * float(np.median(np.diff(prod["step"].to_numpy())))
+            wn, inten = ir_spectrum(dip, timestep_fs=dt, temperature_K=temperature_k)
+            ref = None
+            if reference:
+                say("PySCF harmonic reference (optimisation, Hessian, dipole derivatives)...")
+                h = harmonic_ir_pyscf(
+                    atoms.get_atomic_numbers(), atoms.get_positions(), progress=say
+                )
+                ref = {**h, "label": "PySCF harmonic"}
+            out = write_ir(
+                output,
+                wn,
+                inten,
+                title=f"IR of {atoms.get_chemical_formula()} from DenSNet MD at "
+                f"{temperature_k:.0f} K",
+                reference=ref,
+            )
+            peaks = ", ".join(f"{w:.0f}" for w in out["peaks"]["wavenumber_cm1"])
+            say(f"IR peaks (cm-1): {peaks}")
+            say(f"IR spectrum: {out['spectrum']}  plot: {out['png']}")
+    say(f"done in {time.perf_counter() - t0:.0f} s")
+
+
+def _run_with_progress(run_md, atoms, calc, output, settings):
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return run_md(atoms, calc, output, settings=settings)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description:>13}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("md", total=settings.equilibration_steps + settings.steps)
+
+        def update(done: int, total: int, phase: str) -> None:
+            bar.update(task, completed=done, total=total, description=phase)
+
+        return run_md(atoms, calc, output, settings=settings, progress=update)

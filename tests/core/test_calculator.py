@@ -1,0 +1,117 @@
+"""The ASE calculator: units, properties, BFGS, Vibrations and Infrared, default model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
+
+from densnet_core.calculator import DenSNetCalculator, MDModelNotFoundError
+from densnet_core.units import ANGSTROM_PER_BOHR, BOHR_PER_ANGSTROM, EV_PER_HARTREE
+from tests.core._md_tiny import tiny_potential
+
+WATER_A = np.array([[0.0, 0.0, 0.119], [0.0, 0.763, -0.477], [0.0, -0.763, -0.477]])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: tiny models on a busy 2-core machine run ~10x faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pot():
+    return tiny_potential((1, 8), seed=1)
+
+
+def _water() -> Atoms:
+    return Atoms("OH2", positions=WATER_A)
+
+
+def test_units_and_properties(pot):
+    atoms = _water()
+    atoms.calc = DenSNetCalculator(model=pot, dtype="float64")
+    res = pot.energy_and_forces(atoms.numbers, atoms.positions * BOHR_PER_ANGSTROM)
+    assert atoms.get_potential_energy() == pytest.approx(res["energy_hartree"] * EV_PER_HARTREE)
+    np.testing.assert_allclose(
+        atoms.get_forces(), res["forces_hartree_per_bohr"] * EV_PER_HARTREE / ANGSTROM_PER_BOHR
+    )
+    np.testing.assert_allclose(atoms.get_dipole_moment(), res["dipole_au"] * ANGSTROM_PER_BOHR)
+    # forces (eV/Å) agree with ASE's numerical derivative of the energy (eV)
+    from ase.calculators.fd import calculate_numerical_forces
+
+    num = calculate_numerical_forces(atoms, eps=1e-4)
+    np.testing.assert_allclose(atoms.get_forces(), num, atol=1e-6)
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.calc.get_property("polarizability", atoms)
+
+
+def test_polarizability_with_response_heads():
+    pot_r = tiny_potential((1, 8), seed=2, response=True)
+    atoms = _water()
+    atoms.calc = DenSNetCalculator(model=pot_r, dtype="float64")
+    alpha = atoms.calc.get_property("polarizability", atoms)
+    assert alpha.shape == (3, 3)
+    np.testing.assert_allclose(alpha, alpha.T, atol=1e-12)
+    np.testing.assert_allclose(
+        alpha, atoms.calc.results["polarizability_au"] * ANGSTROM_PER_BOHR**3
+    )
+
+
+def test_missing_default_model_is_a_readable_error(tmp_path, monkeypatch):
+    import densnet_core.calculator as calc_mod
+
+    monkeypatch.setattr(calc_mod, "default_md_model_dir", lambda: tmp_path / "nothing")
+    with pytest.raises(MDModelNotFoundError, match="default MD model not found"):
+        DenSNetCalculator()
+    with pytest.raises(MDModelNotFoundError, match="MD model not found"):
+        DenSNetCalculator(model=tmp_path)
+
+
+def test_loads_a_model_directory(tmp_path, pot):
+    from densnet_core.energy_train import save_md_model
+
+    save_md_model(pot, tmp_path / "md")
+    atoms = _water()
+    atoms.calc = DenSNetCalculator(model=tmp_path / "md", dtype="float64")
+    ref = pot.energy_and_forces(atoms.numbers, atoms.positions * BOHR_PER_ANGSTROM)
+    assert atoms.get_potential_energy() == pytest.approx(ref["energy_hartree"] * EV_PER_HARTREE)
+    assert atoms.calc.model_id.startswith("md-")
+
+
+def test_bfgs_converges(pot):
+    from ase.optimize import BFGS
+
+    atoms = _water()
+    atoms.calc = DenSNetCalculator(model=pot, dtype="float64")
+    e0 = atoms.get_potential_energy()
+    opt = BFGS(atoms, logfile=None)
+    assert opt.run(fmax=0.05, steps=150)
+    assert np.abs(atoms.get_forces()).max() < 0.05
+    assert atoms.get_potential_energy() <= e0
+    # still a molecule: every distance inside the model's cutoff
+    assert atoms.get_all_distances().max() < pot.density.cutoff_bohr * ANGSTROM_PER_BOHR
+
+
+@pytest.mark.slow
+def test_vibrations_and_infrared(tmp_path, pot):
+    from ase.optimize import BFGS
+    from ase.vibrations import Infrared, Vibrations
+
+    atoms = _water()
+    atoms.calc = DenSNetCalculator(model=pot, dtype="float64")
+    BFGS(atoms, logfile=None).run(fmax=0.01, steps=200)
+    vib = Vibrations(atoms, name=str(tmp_path / "vib"), delta=0.01)
+    vib.run()
+    assert len(vib.get_frequencies()) == 9
+    ir = Infrared(atoms, name=str(tmp_path / "ir"), delta=0.01)
+    ir.run()
+    ir.read()
+    inten = ir.intensities
+    assert inten.shape == (9,) and np.all(np.isfinite(inten))

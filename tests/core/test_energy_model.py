@@ -1,0 +1,198 @@
+"""Energy network: forces are -dE/dR through both networks, invariance, fitting, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from densnet_core.energy_train import (
+    MDSample,
+    load_md_model,
+    save_md_model,
+    split_by_conformer,
+    train_energy,
+)
+from densnet_core.units import BOHR_PER_ANGSTROM
+from tests.core._md_tiny import tiny_potential
+
+WATER_A = np.array([[0.0, 0.0, 0.119], [0.0, 0.763, -0.477], [0.0, -0.763, -0.477]])
+WATER_Z = np.array([8, 1, 1])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: tiny models on a busy 2-core machine run ~10x faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pot():
+    return tiny_potential((1, 8), seed=1)
+
+
+def _random_rotation(seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return q
+
+
+def test_forces_are_minus_the_finite_difference_gradient(pot):
+    rng = np.random.default_rng(0)
+    pos = WATER_A * BOHR_PER_ANGSTROM + rng.normal(scale=0.05, size=(3, 3))
+    res = pot.energy_and_forces(WATER_Z, pos)
+    h = 1e-4
+    fd = np.zeros_like(pos)
+    for i in range(3):
+        for k in range(3):
+            p = pos.copy()
+            p[i, k] += h
+            ep = pot.energy_and_forces(WATER_Z, p)["energy_hartree"]
+            p[i, k] -= 2 * h
+            em = pot.energy_and_forces(WATER_Z, p)["energy_hartree"]
+            fd[i, k] = -(ep - em) / (2 * h)
+    f = res["forces_hartree_per_bohr"]
+    assert np.abs(f).max() > 1e-4  # a non-trivial force field
+    np.testing.assert_allclose(f, fd, atol=1e-8, rtol=1e-6)
+    # translation invariance: the forces sum to zero
+    np.testing.assert_allclose(f.sum(0), 0.0, atol=1e-10)
+
+
+def test_energy_invariant_forces_and_dipole_equivariant(pot):
+    pos = WATER_A * BOHR_PER_ANGSTROM
+    rot = _random_rotation(3)
+    a = pot.energy_and_forces(WATER_Z, pos)
+    b = pot.energy_and_forces(WATER_Z, pos @ rot.T + np.array([1.0, -2.0, 0.5]))
+    assert abs(a["energy_hartree"] - b["energy_hartree"]) < 1e-10
+    np.testing.assert_allclose(
+        a["forces_hartree_per_bohr"] @ rot.T, b["forces_hartree_per_bohr"], atol=1e-9
+    )
+    np.testing.assert_allclose(a["dipole_au"] @ rot.T, b["dipole_au"], atol=1e-8)
+    assert abs(a["n_electrons"] - 10.0) < 1e-8
+
+
+def test_reference_energies_least_squares(pot):
+    em = tiny_potential((1, 8), seed=2).energy
+    comps = [[8, 1, 1], [8, 8, 1, 1], [1, 1], [8, 1]]
+    true = {1: -0.51, 8: -74.9}
+    e = [sum(true[z] for z in c) for c in comps]
+    sol = em.fit_reference_energies(comps, e)
+    np.testing.assert_allclose(sol, [true[1], true[8]], atol=1e-10)
+    # one composition (MD data): the mean energy is reproduced
+    em.fit_reference_energies([[8, 1, 1]] * 3, [-76.0, -76.1, -76.2])
+    assert (
+        abs(float(em.e_ref_hartree @ torch.tensor([2.0, 1.0], dtype=torch.float64)) + 76.1) < 1e-10
+    )
+
+
+def test_save_load_round_trip_and_tamper(tmp_path, pot):
+    save_md_model(pot, tmp_path / "m", card={"note": "test"})
+    loaded, card = load_md_model(tmp_path / "m", dtype=torch.float64)
+    pos = WATER_A * BOHR_PER_ANGSTROM
+    a = pot.energy_and_forces(WATER_Z, pos)
+    b = loaded.energy_and_forces(WATER_Z, pos)
+    assert abs(a["energy_hartree"] - b["energy_hartree"]) < 1e-9
+    np.testing.assert_allclose(
+        a["forces_hartree_per_bohr"], b["forces_hartree_per_bohr"], atol=1e-7
+    )
+    assert card["note"] == "test" and card["model_id"].startswith("m-")
+    assert loaded.energy.e_ref_hartree.dtype == torch.float64
+    # float32 load keeps the reference energies in float64
+    l32, _ = load_md_model(tmp_path / "m")
+    assert l32.energy.e_ref_hartree.dtype == torch.float64
+    assert abs(l32.energy_and_forces(WATER_Z, pos)["energy_hartree"] - a["energy_hartree"]) < 1e-4
+    from densnet_core.modelio import ModelFileError
+
+    w = tmp_path / "m" / "energy.safetensors"
+    w.write_bytes(w.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ModelFileError):
+        load_md_model(tmp_path / "m")
+
+
+def test_split_by_conformer_is_deterministic():
+    keys = [f"k{i}" for i in range(20)]
+    tr, va = split_by_conformer(keys, val_fraction=0.2, seed=0)
+    assert len(va) == 4 and sorted(tr + va) == list(range(20))
+    assert (tr, va) == split_by_conformer(keys, val_fraction=0.2, seed=0)
+
+
+def _synthetic_samples(pot, n: int, seed: int) -> list[MDSample]:
+    """Water geometries labelled with a harmonic bond model (energy Eh, forces Eh/bohr)."""
+    rng = np.random.default_rng(seed)
+    r0 = WATER_A * BOHR_PER_ANGSTROM
+    out = []
+    for i in range(n):
+        pos = r0 + rng.normal(scale=0.05, size=(3, 3))
+        e, f = 0.0, np.zeros((3, 3))
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            d = pos[a] - pos[b]
+            r = np.linalg.norm(d)
+            d0 = np.linalg.norm(r0[a] - r0[b])
+            e += 0.2 * (r - d0) ** 2
+            g = 0.4 * (r - d0) * d / r
+            f[a] -= g
+            f[b] += g
+        inputs = pot.featurize(WATER_Z, pos)
+        out.append(
+            MDSample(
+                conformer_key=f"s{i}",
+                mol_id="water",
+                numbers=WATER_Z,
+                inputs=inputs,
+                energy_hartree=-76.0 + e,
+                forces_hartree_per_bohr=f,
+                dipole_au=np.zeros(3),
+                density=np.zeros(inputs.charge_ints.shape[0]),
+            )
+        )
+    return out
+
+
+def test_staged_energy_training_reduces_the_loss():
+    from densnet_core.energy_train import evaluate_energy, prepare_energy_model
+
+    base = tiny_potential((1, 8), seed=4, dtype=torch.float32)
+    samples = _synthetic_samples(base, 8, seed=0)
+    pot = prepare_energy_model(base.density, samples, level=base.level, preset="tiny", seed=0)
+    before = evaluate_energy(pot, samples)
+    hist = train_energy(pot, samples, [], epochs=4, batch_size=4, lr=5e-3)
+    after = evaluate_energy(pot, samples)
+    assert hist["epochs_run"] == 4
+    assert after["force_mae_mev_per_angstrom"] < before["force_mae_mev_per_angstrom"]
+    # the density model was frozen
+    assert not any(p.requires_grad for p in pot.density.parameters())
+
+
+def test_labels_without_polarizability():
+    from densnet_core import keys as K
+    from densnet_core.energy_model import density_level
+    from densnet_core.labelling import label_conformer
+    from densnet_core.level import DEFAULT_LEVEL, LevelOfTheory
+
+    # the default level's hash is what it was before the option existed (shipped prior file)
+    assert DEFAULT_LEVEL.hash == "9677f23d94f237c8"
+    md_level = LevelOfTheory(polarizability=False)
+    assert md_level.hash != DEFAULT_LEVEL.hash and md_level.label.endswith(" no-alpha")
+    assert density_level(md_level) == DEFAULT_LEVEL
+    level = LevelOfTheory(xc="hf", basis="sto-3g", density_fit=False, polarizability=False)
+    row = {
+        K.NAME: "water",
+        K.CONFORMER_KEY: "w",
+        K.CHARGE: 0,
+        K.MULTIPLICITY: 1,
+        K.NUMBERS: [8, 1, 1],
+        K.POSITIONS_ANGSTROM: WATER_A.tolist(),
+        K.STATUS: "ok",
+    }
+    label = label_conformer(row, level, threads=1, with_fit_error=False)
+    assert label[K.STATUS] == "ok", label[K.ERROR]
+    assert label[K.POLARIZABILITY_AU] is None and label[K.RESPONSE_COEFFS] is None
+    assert len(label[K.DENSITY_COEFFS]) > 0 and len(label[K.FORCES_HARTREE_PER_BOHR]) == 3
+    assert label[K.LEVEL_HASH] == level.hash
