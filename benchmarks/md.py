@@ -1,6 +1,6 @@
 """MD benchmark: held-out energy/force errors, MD speed, ethanol IR peaks vs PySCF harmonic.
 
-    python -m benchmarks.md --model data/md/ethanol/model            # errors + speed
+    python -m benchmarks.md --model models/densnet-md-ethanol        # errors + speed
     python -m benchmarks.md --model ... --ir-steps 4000 --reference   # + IR peak table
 
 1. Energy and force MAE of the MD model on its held-out configurations (the conformer keys in

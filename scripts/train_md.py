@@ -1,6 +1,6 @@
 """Train an MD model (density model, then the density -> energy model) on a label store.
 
-    python scripts/train_md.py data/md/ethanol/labels -o data/md/ethanol/model \\
+    python scripts/train_md.py data/md/ethanol/labels -o models/densnet-md-ethanol \\
         --density-epochs 60 --energy-epochs 150 --joint-epochs 30
 
 Stages: the density model on the fitted densities, the energy model with the density frozen
