@@ -9,20 +9,11 @@ from ase.calculators.calculator import PropertyNotImplementedError
 
 from densnet_core.calculator import DenSNetCalculator, MDModelNotFoundError
 from densnet_core.units import ANGSTROM_PER_BOHR, BOHR_PER_ANGSTROM, EV_PER_HARTREE
-from tests.core._md_tiny import tiny_potential
-
-WATER_A = np.array([[0.0, 0.0, 0.119], [0.0, 0.763, -0.477], [0.0, -0.763, -0.477]])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: tiny models on a busy 2-core machine run ~10x faster."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.core._md_tiny import (
+    WATER_A,
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    tiny_potential,
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,13 @@ from densnet_core.energy_train import (
     train_energy,
 )
 from densnet_core.units import BOHR_PER_ANGSTROM
-from tests.core._md_tiny import tiny_potential
+from tests.core._md_tiny import (
+    WATER_A,
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    tiny_potential,
+)
 
-WATER_A = np.array([[0.0, 0.0, 0.119], [0.0, 0.763, -0.477], [0.0, -0.763, -0.477]])
 WATER_Z = np.array([8, 1, 1])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: tiny models on a busy 2-core machine run ~10x faster."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

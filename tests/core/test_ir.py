@@ -7,18 +7,8 @@ import pytest
 from ase import Atoms
 
 from densnet_core.ir import C_CM_PER_S, find_peaks, ir_spectrum, write_ir
+from tests.core._md_tiny import one_torch_thread  # noqa: F401 - autouse fixture
 from tests.core._toy_calc import SpringCalculator
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: tiny models on a busy 2-core machine run ~10x faster."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_synthetic_dipole_peaks():

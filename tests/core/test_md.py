@@ -9,20 +9,8 @@ import pytest
 from ase import Atoms
 
 from densnet_core.md import MDSettings, read_structure, read_timeseries, run_md
+from tests.core._md_tiny import WATER_A, one_torch_thread  # noqa: F401 - autouse fixture
 from tests.core._toy_calc import SpringCalculator
-
-WATER_A = np.array([[0.0, 0.0, 0.119], [0.0, 0.763, -0.477], [0.0, -0.763, -0.477]])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: tiny models on a busy 2-core machine run ~10x faster."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _toy() -> tuple[Atoms, SpringCalculator]:
@@ -82,7 +70,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_nve_with_the_densnet_potential(tmp_path):
     from densnet_core.calculator import DenSNetCalculator
-    from tests.core._md_tiny import tiny_potential
+    from tests.core._md_tiny import WATER_A, tiny_potential
 
     pot = tiny_potential((1, 8), seed=1)
     atoms = Atoms("OH2", positions=WATER_A)
