@@ -18,7 +18,10 @@
     file and the settings: a killed run, restarted with the same command, truncates the
     trajectory to that length and continues from the checkpointed step (steps since the last
     checkpoint are recomputed). Every file is written atomically
-    (:func:`densnet_core.store.atomic_file`), the checkpoint last.
+    (:func:`densnet_core.store.atomic_file`), the checkpoint last. A run may be extended: the
+    same settings with more production ``steps`` continue from the checkpoint, and
+    ``until_step`` stops a run early at a checkpoint (the Prefect flow runs MD in such
+    segments).
 ``summary.json``
     Settings, timings (steps/s), energy drift of the NVE phase (eV/atom/ps), written at the end.
 
@@ -53,8 +56,10 @@ __all__ = [
     "TRAJECTORY_FILE",
     "MDSettings",
     "MDUnstableError",
+    "read_checkpoint_state",
     "read_structure",
     "read_timeseries",
+    "resume_step",
     "run_md",
 ]
 
@@ -204,6 +209,41 @@ def _save_checkpoint(out_dir: Path, atoms: Any, state: dict[str, Any]) -> None:
         fh.write((json.dumps(state, indent=1) + "\n").encode())
 
 
+def read_checkpoint_state(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The JSON part of the checkpoint in ``out_dir`` (``step``, ``settings``, ...), or None."""
+    path = Path(out_dir) / CHECKPOINT_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resume_step(out_dir: str | os.PathLike[str], settings: MDSettings) -> int:
+    """The step a run with ``settings`` in ``out_dir`` continues from (0: no checkpoint).
+
+    Raises
+    ------
+    ValueError
+        The checkpoint is of other settings (more production ``steps`` is allowed: the run is
+        extended), or already past ``equilibration_steps + steps``.
+    """
+    state = read_checkpoint_state(out_dir)
+    if state is None:
+        return 0
+    s = settings
+    old = dict(state.get("settings") or {})
+    if {**old, "steps": s.steps} != asdict(s):
+        raise ValueError(
+            f"{out_dir} holds a checkpoint of other MD settings ({state.get('settings')}); "
+            "use another output folder or the same options"
+        )
+    step, total = int(state["step"]), s.equilibration_steps + s.steps
+    if step > total:
+        raise ValueError(
+            f"{out_dir} holds a run already at step {step}, past the {total} steps asked for "
+            f"(give at least {step - s.equilibration_steps} production steps, or use another "
+            "output folder)"
+        )
+    return step
+
+
 def _load_checkpoint(out_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     if not (out_dir / CHECKPOINT_JSON).is_file() or not (out_dir / CHECKPOINT_NPZ).is_file():
         return None
@@ -223,6 +263,7 @@ def run_md(
     *,
     settings: MDSettings | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    until_step: int | None = None,
 ) -> dict[str, Any]:
     """Langevin equilibration then NVE (velocity Verlet) production, resumable.
 
@@ -239,6 +280,9 @@ def run_md(
         :class:`MDSettings` (default values if None).
     progress
         Called as ``progress(done_steps, total_steps, phase)`` at every sample.
+    until_step
+        Stop after this step (counted from the start of equilibration), with a checkpoint
+        there; None: run to the end (``equilibration_steps + steps``). A later call continues.
 
     Returns
     -------
@@ -250,7 +294,9 @@ def run_md(
     Raises
     ------
     ValueError
-        A checkpoint in ``out_dir`` from other settings or another molecule.
+        A checkpoint in ``out_dir`` from other settings or another molecule (settings that
+        differ only by more production ``steps`` extend the run), or one already past the
+        end of this run.
     MDUnstableError
         Non-finite energies or forces, or a temperature above max(10 T, 5000 K): the time
         series so far is written, the last checkpoint is kept.
@@ -280,11 +326,7 @@ def run_md(
     ck = _load_checkpoint(out_dir)
     if ck is not None:
         arrays, state = ck
-        if state.get("settings") != asdict(s):
-            raise ValueError(
-                f"{out_dir} holds a checkpoint of other MD settings ({state.get('settings')}); "
-                "use another output folder or the same options"
-            )
+        resume_step(out_dir, s)  # ValueError for other settings
         if not np.array_equal(arrays["numbers"], atoms.get_atomic_numbers()):
             raise ValueError(f"{out_dir} holds a checkpoint of another molecule")
         atoms.set_positions(arrays["positions"])
@@ -381,7 +423,8 @@ def run_md(
         rng=rng,
     )
     verlet = VelocityVerlet(atoms, timestep=dt)
-    while step < total:
+    stop = total if until_step is None else max(step, min(int(until_step), total))
+    while step < stop:
         dyn = langevin if step < s.equilibration_steps else verlet
         dyn.run(1)
         step += 1
@@ -402,7 +445,7 @@ def run_md(
                 progress(step, total, phase_of(step))
         if step % s.trajectory_interval == 0:
             frame(step)
-        if step % s.checkpoint_interval == 0 or step == total:
+        if step % s.checkpoint_interval == 0 or step in (total, stop):
             checkpoint(step)
     seconds = time.perf_counter() - t0
 
@@ -412,6 +455,8 @@ def run_md(
             "settings": asdict(s),
             "n_atoms": n_atoms,
             "steps_run_now": steps_done_here,
+            "step": step,
+            "total_steps": total,
             "seconds": seconds,
             "steps_per_second": steps_done_here / seconds if seconds > 0 else math.nan,
             "resumed": resumed,

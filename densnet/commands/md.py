@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -47,14 +47,45 @@ def md(
     ] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+    prefect: Annotated[
+        bool,
+        typer.Option(
+            "--prefect",
+            help="Run as the Prefect flow 'md' (MD in segments of 500 steps as tasks, progress "
+            "and summary artifacts in the Prefect UI). Starts Prefect's temporary server "
+            "(~10-25 s) unless PREFECT_API_URL is set.",
+        ),
+    ] = False,
 ) -> None:
     """Langevin equilibration, then NVE production, then the IR spectrum from the dipole.
 
     OUT_DIR gets trajectory.xyz (extended XYZ), timeseries.parquet, a checkpoint (rerunning the
     same command after an interruption continues where it stopped), summary.json and, with
-    --ir, ir_spectrum.parquet, ir_peaks.parquet and ir_spectrum.png.
+    --ir, ir_spectrum.parquet, ir_peaks.parquet and ir_spectrum.png. --prefect runs the same
+    work as the Prefect flow flows/md.py:md_flow (which also writes start.xyz).
     """
     t0 = time.perf_counter()
+    if prefect:
+        _run_flow(
+            {
+                "input": input_text,
+                "output_dir": str(output),
+                "model_dir": None if model is None else str(model),
+                "temperature_K": temperature_k,
+                "timestep_fs": timestep_fs,
+                "steps": steps,
+                "equilibration_steps": equilibration_steps,
+                "friction_per_fs": friction_per_fs,
+                "seed": seed,
+                "optimize": optimize,
+                "ir": ir,
+                "reference": reference,
+                "device": device,
+                "threads": threads,
+            }
+        )
+        say(f"done in {time.perf_counter() - t0:.0f} s")
+        return
     import numpy as np
     import torch
 
@@ -155,6 +186,45 @@ def md(
             say(f"IR peaks (cm-1): {peaks}")
             say(f"IR spectrum: {out['spectrum']}  plot: {out['png']}")
     say(f"done in {time.perf_counter() - t0:.0f} s")
+
+
+def _run_flow(params: dict[str, Any]) -> None:
+    """The Prefect path: ``flows.md.md_flow`` on the (temporary) server; prints its summary."""
+    from densnet.prefect_env import configure_for_cli, start_server_early
+
+    configure_for_cli()
+    boot = start_server_early()
+    from densnet_core.md import MDUnstableError
+    from flows.md import MDParams, md_flow
+
+    try:
+        validated = MDParams(**params)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if boot is not None:
+        boot.join()
+    try:
+        s = md_flow(params=validated)
+    except MDUnstableError as exc:
+        raise fail(str(exc), code=1) from None
+    except (ValueError, FileNotFoundError) as exc:  # bad input, model or output folder
+        raise fail(str(exc)) from None
+    except Exception as exc:
+        raise fail(f"the MD flow failed: {type(exc).__name__}: {exc}", code=1) from None
+    say(f"{s['formula']} ({s['n_atoms']} atoms), model {s['model_id']}; Prefect flow 'md'")
+    say(
+        f"{s['status']}: {s['steps_run_now']} steps in {s['segments_run']} segment(s) "
+        f"({s['steps_per_second']:.1f} steps/s), step {s['step']} of {s['total_steps']}; "
+        f"production ⟨T⟩ {s['mean_temperature_K']:.0f} K; NVE drift "
+        f"{s['drift_mev_per_atom_per_ps']:.3f} meV/atom/ps"
+    )
+    for name, path in s["files"].items():
+        say(f"{name}: {path}")
+    ir = s.get("ir")
+    if ir and ir.get("computed"):
+        say("IR peaks (cm-1): " + ", ".join(f"{p['wavenumber_cm1']:.0f}" for p in ir["peaks"]))
+    elif ir:
+        say(str(ir.get("reason")))
 
 
 def _run_with_progress(run_md, atoms, calc, output, settings):
