@@ -21,8 +21,14 @@ costs. Last: the imports of the default CLI path (``python -X importtime``: no P
 PySCF's cost for the same observables — the seed labels' recorded wall time per label, and a
 fresh SCF + CPKS polarizability of a small molecule (``--pyscf-molecule``; ``none`` skips it).
 
-Run: ``python -m benchmarks.throughput [--work DIR] [--presets default small] [--no-cli]
-[--prefect-cli] [--threads-test] [--pyscf-molecule ethanol|pyridine|none]``
+``--model DIR`` (repeatable) times the given model or ensemble directories instead of the
+untrained presets, e.g. the committed default model and an ensemble (``densnet train --ensemble``):
+an ensemble runs all K members in one vmapped pass per batch, and every row gets its spreads and
+out-of-distribution verdict (the forward split, which times one network's parts, is skipped
+for ensembles).
+
+Run: ``python -m benchmarks.throughput [--work DIR] [--presets default small] [--model DIR ...]
+[--no-cli] [--prefect-cli] [--threads-test] [--pyscf-molecule ethanol|pyridine|none]``
 """
 
 from __future__ import annotations
@@ -245,12 +251,18 @@ def library_path(
     out, wall, cpu = timed(lambda: p.predict_rows(rows))
     report(preset, "library, 1 process x 1 thread", len(rows), wall, cpu)
     n_ok = sum(o["status"] == "ok" for o in out)
+    n_ood = sum(o["status"] == "ok" and o.get("ood") is True for o in out)
     split = ", ".join(f"{k} {1e3 * v / len(rows):.2f}" for k, v in p.timings.items())
-    print(f"    per molecule (ms, wall): {split}; {n_ok} ok")
-    fs = forward_split(p, rows, batch_size)
-    print("    forward split (ms/molecule): " + ", ".join(f"{k} {v:.2f}" for k, v in fs.items()))
-    tmp = Path(tempfile.mkdtemp(prefix="pred-", dir=path.parent))
-    _, wall, cpu = timed(lambda: store.write_table(out, tmp / "p.parquet", "predictions"))
+    print(f"    per molecule (ms, wall): {split}; {n_ok} ok, {n_ood} of them ood")
+    if getattr(p, "ensemble", None) is None:
+        fs = forward_split(p, rows, batch_size)
+        print(
+            "    forward split (ms/molecule): " + ", ".join(f"{k} {v:.2f}" for k, v in fs.items())
+        )
+    else:
+        print(f"    ensemble of {len(p.ensemble.members)} members, mode {p.ensemble.mode}")
+    with tempfile.TemporaryDirectory(prefix="pred-") as tmp:  # never inside a model folder
+        _, wall, cpu = timed(lambda: store.write_table(out, Path(tmp) / "p.parquet", "predictions"))
     print(f"    Parquet write of {len(out)} rows: {wall:.2f} s wall, {cpu:.2f} CPU-s")
 
     p.timings = dict.fromkeys(p.timings, 0.0)
@@ -357,6 +369,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "densnet-bench")
     ap.add_argument("--presets", nargs="*", default=["default", "small"])
+    ap.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        default=None,
+        help="a model or ensemble directory to time instead of the presets (repeatable)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None, help="default: usable cores")
     ap.add_argument("--no-cli", action="store_true", help="skip the end-to-end runs")
@@ -385,22 +404,25 @@ def main() -> None:
         f"{elements}; {cores} usable cores, {workers} workers, load average {_load():.1f}; "
         f"batch size {args.batch_size}"
     )
-    for preset in args.presets:
-        path = model_dir(args.work, preset, elements)
-        print(f"preset {preset!r} ({path}):", flush=True)
+    if args.model:
+        models = [(p.resolve().name, p.resolve()) for p in args.model]
+    else:
+        models = [(pr, model_dir(args.work, pr, elements)) for pr in args.presets]
+    for preset, path in models:
+        print(f"model {preset!r} ({path}):", flush=True)
         library_path(preset, path, rows, args.batch_size, workers, args.threads_test)
         if not args.no_cli:
             cli_end_to_end(preset, path, conformers, args.work, len(rows))
             cli_end_to_end(preset, path, sdf, args.work, len(rows))
-            if args.prefect_cli and preset == args.presets[0]:
+            if args.prefect_cli and path == models[0][1]:
                 cli_end_to_end(preset, path, conformers, args.work, len(rows), prefect=True)
-    if not args.no_cli and args.presets:
-        default_path_imports(model_dir(args.work, args.presets[0], elements), conformers, args.work)
+    if not args.no_cli and models:
+        default_path_imports(models[0][1], conformers, args.work)
     pyscf_comparison(args.pyscf_molecule, cores)
 
-    print(f"\n{'preset':8s} {'what':48s} {'mol/s':>8s} {'wall_s':>7s} {'cpu_s':>7s} {'load':>5s}")
+    print(f"\n{'model':24s} {'what':48s} {'mol/s':>8s} {'wall_s':>7s} {'cpu_s':>7s} {'load':>5s}")
     for preset, what, n, wall, cpu, load in RESULTS:
-        print(f"{preset:8s} {what:48s} {n / wall:8.2f} {wall:7.2f} {cpu:7.2f} {load:5.1f}")
+        print(f"{preset:24s} {what:48s} {n / wall:8.2f} {wall:7.2f} {cpu:7.2f} {load:5.1f}")
 
 
 if __name__ == "__main__":

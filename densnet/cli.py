@@ -47,3 +47,7 @@ app.command("predict")(predict)
 from densnet.commands.md import md  # noqa: E402 - light import (typer only)
 
 app.command("md")(md)
+
+from densnet.commands.active_learn import active_learn  # noqa: E402 - light import (typer only)
+
+app.command("active-learn")(active_learn)

@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,7 +287,11 @@ def make_samples(
 
 
 def split_by_molecule(
-    mol_ids: Sequence[str], *, val_fraction: float, seed: int
+    mol_ids: Sequence[str],
+    *,
+    val_fraction: float,
+    seed: int,
+    validation_mol_ids: Collection[str] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Deterministic train/validation split of samples by molecule.
 
@@ -299,6 +303,11 @@ def split_by_molecule(
         Fraction of the molecules (not conformers) for validation, 0 <= f < 1.
     seed
         Changes the split.
+    validation_mol_ids
+        If given, exactly these molecules (those present) are the validation set and
+        ``val_fraction``/``seed`` are ignored — fine-tuning on a grown label store (active
+        learning) keeps the validation molecules of the model it starts from, and the added
+        molecules always train.
 
     Returns
     -------
@@ -306,6 +315,11 @@ def split_by_molecule(
         Sample indices (sorted). With >= 2 molecules and ``val_fraction > 0`` at least one
         molecule is in each split; with one molecule everything is training data.
     """
+    if validation_mol_ids is not None:
+        fixed = set(validation_mol_ids)
+        train = [i for i, m in enumerate(mol_ids) if m not in fixed]
+        val = [i for i, m in enumerate(mol_ids) if m in fixed]
+        return train, val
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     unique = sorted(set(mol_ids))

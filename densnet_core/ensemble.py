@@ -25,7 +25,8 @@ Manifest
 weights_sha1, seed, bootstrap_seed), ``level_of_theory_fields``, ``validation_inchikeys``
 (shared), ``training_inchikeys`` (union over members), ``training_elements`` (atomic numbers
 of the training molecules), ``training_ring_systems`` (:func:`densnet_core.ood.ring_systems`
-of the training SMILES of the label store), and ``calibration``
+of the training SMILES of the label store), ``max_heavy_atoms_in_data`` (heavy atoms of the
+largest training molecule), and ``calibration``
 (:mod:`densnet_core.calibration`: scale factors, OOD thresholds, validation figures).
 
 Prediction
@@ -672,6 +673,9 @@ def write_manifest(
         "training_inchikeys": train_ids,
         "training_elements": train_elements,
         "training_ring_systems": training_ring_systems(sorted(set(tr_rows[K.SMILES]))),
+        "max_heavy_atoms_in_data": max(
+            (sum(1 for z in nums if int(z) > 1) for nums in tr_rows[K.NUMBERS]), default=0
+        ),
         "ring_system_notes": "ring atoms + ring bonds, real elements, aromaticity kept; "
         "H, charges, substituents dropped (densnet_core.ood)",
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

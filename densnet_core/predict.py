@@ -21,6 +21,23 @@ model. On the 2-core development machine (other jobs running) 2 intra-op threads
 *slower* than 1 (OpenMP threads spin while waiting for the busier core), 2 forked processes
 ~1.8x faster (``benchmarks/throughput.py``).
 
+Ensembles and the applicability domain: ``model_dir`` may be a single model directory or an
+ensemble directory (``ensemble.json``, :mod:`densnet_core.ensemble`; detected with
+:func:`densnet_core.ensemble.is_ensemble_dir`). With an ensemble every batch is collated once and
+all K members run on it in one vmapped pass (:meth:`densnet_core.ensemble.Ensemble.predict_batch`);
+the row's values are the member means (``dipole_au`` and ``polarizability_au`` the mean vector /
+tensor, ``dipole_debye`` the mean of the members' |μ| — the quantity the spread and its
+calibration refer to, so it can exceed |mean μ| slightly), and ``dipole_debye_std`` (D) and
+``alpha_iso_au_std`` (a0^3) are the members' spread (ddof 1) times the manifest's calibrated scale.
+A single model has no spread: both are NaN. Every ok row also gets an ``ood`` verdict and an
+``ood_reason`` (:func:`densnet_core.ood.ood_reasons`: element or ring system absent from
+training, more heavy atoms than the largest training molecule, and — ensembles only — spread
+above the calibrated threshold); the training domain comes from the model card or manifest,
+or from the label store it names for cards written before it was recorded
+(:func:`densnet_core.ood.complete_domain`). Rows that are not ``ok`` have ``ood = False``,
+``ood_reason = ""`` and NaN spreads: no prediction, so no verdict — their ``status`` and ``error``
+say what happened (an element the model does not cover at all stays ``unsupported_element``).
+
 Without Prefect: :func:`screen_file` is the whole screen (input file → conformers → predictions
 table) as ``densnet predict`` runs it by default; ``flows/screen.py`` is the Prefect version.
 
@@ -56,6 +73,8 @@ __all__ = [
     "boltzmann_weights",
     "default_model_dir",
     "import_e3nn_without_dynamo",
+    "model_identity",
+    "ood_count",
     "predict_rows_parallel",
     "read_conformer_rows",
     "resolve_model_dir",
@@ -94,16 +113,19 @@ def default_model_dir() -> Path:
 def resolve_model_dir(model_dir: str | os.PathLike[str] | None = None) -> Path:
     """The model directory to use; ``None`` = :func:`default_model_dir`.
 
+    A folder with an ``ensemble.json`` (an ensemble directory) is accepted as it is.
+
     Raises
     ------
     ModelNotFoundError
         If the folder does not exist or holds no ``config.json``/``model.safetensors``.
     """
+    from densnet_core.ensemble import is_ensemble_dir
     from densnet_core.modelio import CONFIG_FILE, WEIGHTS_FILE
 
     if model_dir is None:
         path = default_model_dir()
-        if not (path / WEIGHTS_FILE).is_file():
+        if not ((path / WEIGHTS_FILE).is_file() or is_ensemble_dir(path)):
             raise ModelNotFoundError(
                 f"no default model at {path}; train one with `densnet train` or pass --model"
             )
@@ -111,10 +133,48 @@ def resolve_model_dir(model_dir: str | os.PathLike[str] | None = None) -> Path:
     path = Path(model_dir)
     if not path.is_dir():
         raise ModelNotFoundError(f"model directory not found: {path}")
+    if is_ensemble_dir(path):
+        return path
     missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (path / f).is_file()]
     if missing:
         raise ModelNotFoundError(f"{path} is not a densnet model directory (no {missing[0]})")
     return path
+
+
+def model_identity(model_dir: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """Id and card of a model or ensemble directory, without loading weights.
+
+    Parameters
+    ----------
+    model_dir
+        Single-model or ensemble directory.
+
+    Returns
+    -------
+    tuple[str, dict]
+        ``(model_id, card)``: for a single model its :class:`~densnet_core.modelio.ModelInfo`
+        id and card; for an ensemble the ``ensemble_id`` and the first member's card with an
+        ``ensemble`` entry (``n_members``, ``members``, ``calibration`` scale and thresholds,
+        ``validation`` calibration figures).
+    """
+    from densnet_core.ensemble import is_ensemble_dir, read_manifest
+    from densnet_core.modelio import read_model_info
+
+    path = Path(model_dir)
+    if not is_ensemble_dir(path):
+        info = read_model_info(path)
+        return info.model_id, dict(info.card)
+    manifest = read_manifest(path)
+    card = dict(read_model_info(path / manifest["members"][0]["dir"]).card)
+    cal = manifest.get("calibration") or {}
+    card["ensemble"] = {
+        "n_members": len(manifest["members"]),
+        "members": [m["model_id"] for m in manifest["members"]],
+        "scale": cal.get("scale"),
+        "ood_thresholds": cal.get("ood_thresholds"),
+        "validation": cal.get("validation"),
+    }
+    return str(manifest["ensemble_id"]), card
 
 
 def alpha_anisotropy(alpha: np.ndarray) -> np.ndarray:
@@ -170,7 +230,8 @@ class Predictor:
     Parameters
     ----------
     model_dir
-        Model directory (:func:`densnet_core.modelio.save_model`); None = the default model
+        Model directory (:func:`densnet_core.modelio.save_model`) or ensemble directory
+        (:mod:`densnet_core.ensemble`, auto-detected); None = the default model
         (:func:`default_model_dir`).
     device
         Torch device, e.g. ``"cpu"`` or ``"cuda"``.
@@ -178,13 +239,24 @@ class Predictor:
         Molecules per forward pass.
     threads
         If given, ``torch.set_num_threads(threads)`` (process-global: the caller's choice).
+    ensemble_mode
+        For ensembles: ``"auto"`` (vmap over members, loop if vmap fails), ``"vmap"`` or
+        ``"loop"``.
 
     Attributes
     ----------
     model_id
-        ``<dir name>-<sha1(weights)[:8]>``.
+        ``<dir name>-<sha1(weights)[:8]>``; for an ensemble its ``ensemble_id``.
     info
-        :class:`densnet_core.modelio.ModelInfo`.
+        :class:`densnet_core.modelio.ModelInfo` (of the first member for an ensemble).
+    ensemble
+        The loaded :class:`densnet_core.ensemble.Ensemble`, or None for a single model.
+    ood_criteria
+        :class:`densnet_core.ood.OODCriteria`: the training domain (and, for ensembles, the
+        calibrated spread thresholds) behind the ``ood`` column.
+    domain_source
+        Where the domain came from: ``"recorded"``, ``"label store <path>"`` or
+        ``"incomplete: <why>"`` (ring and size checks skipped).
     supported_elements
         Atomic numbers the model covers.
     supported_charges, supported_multiplicities
@@ -192,7 +264,8 @@ class Predictor:
         them; otherwise ``{0}`` and ``{1}`` (a model trained on neutral closed-shell
         molecules says nothing about ions or radicals).
     timings
-        Seconds spent so far per stage: ``featurize``, ``collate``, ``forward``, ``rows``.
+        Seconds spent so far per stage: ``featurize``, ``collate``, ``forward``, ``rows``,
+        ``ood``.
 
     Raises
     ------
@@ -209,22 +282,43 @@ class Predictor:
         device: str = "cpu",
         batch_size: int = 64,
         threads: int | None = None,
+        ensemble_mode: str = "auto",
     ) -> None:
         import torch
 
+        from densnet_core.ensemble import Ensemble, is_ensemble_dir, load_ensemble
         from densnet_core.featurize import get_featurizer
         from densnet_core.modelio import load_model
+        from densnet_core.ood import OODCriteria, complete_domain
 
         self.threads = None if threads is None else max(1, int(threads))
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         self.model_dir = resolve_model_dir(model_dir)
-        self.model, self.info = load_model(self.model_dir, device=device)
-        self.device = next(self.model.parameters()).device
+        repo = Path(densnet_core.__file__).resolve().parents[1]
+        self.ensemble: Ensemble | None = None
+        if is_ensemble_dir(self.model_dir):
+            self.ensemble = load_ensemble(self.model_dir, device=device, mode=ensemble_mode)
+            self.model: Any = self.ensemble  # collate() and has_response, as a single model
+            self.info = self.ensemble.infos[0]
+            self.model_id: str = self.ensemble.ensemble_id
+            self.supported_elements: set[int] = set(self.ensemble.elements)
+            domain = complete_domain(self.ensemble.manifest, base_dirs=(repo,))
+            self.ood_criteria = OODCriteria.from_manifest(domain)
+            first = self.ensemble.members[0]
+        else:
+            self.model, self.info = load_model(self.model_dir, device=device)
+            self.model_id = self.info.model_id
+            self.supported_elements = set(self.info.elements)
+            domain = complete_domain(self.info.card, base_dirs=(repo,))
+            self.ood_criteria = OODCriteria.from_model_card(
+                domain, supported_elements=self.supported_elements
+            )
+            first = self.model
+        self.domain_source = str(domain.get("domain_source", ""))
+        self.device = next(first.parameters()).device
         self.batch_size = max(1, int(batch_size))
-        self.model_id: str = self.info.model_id
         self.featurizer = get_featurizer(self.info.level)
-        self.supported_elements: set[int] = set(self.info.elements)
         card = self.info.card
         self.supported_charges = _card_set(card, ("charges_in_data", "charges"), {0})
         self.supported_multiplicities = _card_set(
@@ -232,7 +326,7 @@ class Predictor:
         )
         self.has_response = bool(getattr(self.model, "has_response", False))
         self.timings: dict[str, float] = dict.fromkeys(
-            ("rows", "featurize", "collate", "forward"), 0.0
+            ("rows", "featurize", "collate", "forward", "ood"), 0.0
         )
         # warm the per-element tables now (PySCF integrals, priors): not inside the timed loop
         for z in sorted(self.supported_elements):
@@ -253,6 +347,10 @@ class Predictor:
                 K.POLARIZABILITY_AU: None,
                 K.ALPHA_ISO_AU: math.nan,
                 K.N_ELECTRONS: math.nan,
+                K.DIPOLE_DEBYE_STD: math.nan,
+                K.ALPHA_ISO_AU_STD: math.nan,
+                K.OOD: False,
+                K.OOD_REASON: "",
                 K.STATUS: str(row.get(K.STATUS) or K.STATUS_OK),
                 K.ERROR: str(row.get(K.ERROR) or ""),
                 ALPHA_ANISO_AU: math.nan,
@@ -320,8 +418,11 @@ class Predictor:
             ``mmff_energy_kcal`` (passed through, for Boltzmann averaging). ``dipole_au`` (3,)
             e·a0 about the centre of nuclear charge, ``polarizability_au`` (9,) a0^3
             row-major, ``dipole_debye`` = |μ| in D, ``alpha_iso_au`` = trace/3,
-            ``n_electrons`` = ∫ρ (= sum(Z) − charge by construction). Non-ok rows have NaN
-            observables and None vectors.
+            ``n_electrons`` = ∫ρ (= sum(Z) − charge by construction); ``dipole_debye_std`` (D)
+            and ``alpha_iso_au_std`` (a0^3), the calibrated ensemble spreads (NaN for a single
+            model); ``ood`` (bool) and ``ood_reason`` ("" in distribution). With an ensemble
+            the observables are member means (module docstring). Non-ok rows have NaN
+            observables and spreads, None vectors, ``ood = False`` and ``ood_reason = ""``.
         """
         t0 = time.perf_counter()
         rows = list(conformer_rows)
@@ -367,6 +468,27 @@ class Predictor:
                         self._run_batch([feats[i]], [out[i]])
                     except Exception as exc:
                         _failed(out[i], exc)
+
+        # applicability domain of the predicted rows (a failure here fails no row)
+        t0 = time.perf_counter()
+        done = [i for i in todo if out[i][K.STATUS] == K.STATUS_OK]
+        if done:
+            from densnet_core.ood import ood_reasons
+
+            try:
+                reasons = ood_reasons(
+                    [out[i][K.SMILES] for i in done],
+                    [numbers[i] for i in done],
+                    [out[i][K.DIPOLE_DEBYE_STD] for i in done],
+                    [out[i][K.ALPHA_ISO_AU_STD] for i in done],
+                    self.ood_criteria,
+                )
+            except Exception as exc:  # pragma: no cover - defensive
+                reasons = [f"applicability check failed: {type(exc).__name__}: {exc}"] * len(done)
+            for i, why in zip(done, reasons, strict=True):
+                out[i][K.OOD] = bool(why)
+                out[i][K.OOD_REASON] = why
+        self.timings["ood"] += time.perf_counter() - t0
         return out
 
     def _run_batch(self, molecules: Sequence[Any], out_rows: Sequence[dict[str, Any]]) -> None:
@@ -379,14 +501,25 @@ class Predictor:
         with torch.inference_mode():
             batch = self.model.collate(molecules, dtype=torch.float32, device=self.device)
             t1 = time.perf_counter()
-            res = self.model(batch)
-            dip = res["dipole_au"].double().cpu().numpy()  # (B, 3)
-            n_el = res["n_electrons"].double().cpu().numpy()  # (B,)
-            alpha = (
-                res["polarizability_au"].double().cpu().numpy()  # (B, 3, 3)
-                if "polarizability_au" in res
-                else np.full((len(molecules), 3, 3), np.nan)
-            )
+            nan = np.full(len(molecules), np.nan)
+            if self.ensemble is not None:  # all members in one (vmapped) pass
+                ens = self.ensemble.predict_batch(batch)
+                dip = ens.dipole_au_mean  # (B, 3)
+                n_el = ens.n_electrons.mean(axis=1)  # (B,)
+                alpha = ens.polarizability_au_mean  # (B, 3, 3)
+                norm_mean, iso_mean = ens.dipole_debye, ens.alpha_iso_au  # (B,) member means
+                std_d, std_a = ens.dipole_debye_std, ens.alpha_iso_au_std  # (B,) calibrated
+            else:
+                res = self.model(batch)
+                dip = res["dipole_au"].double().cpu().numpy()  # (B, 3)
+                n_el = res["n_electrons"].double().cpu().numpy()  # (B,)
+                alpha = (
+                    res["polarizability_au"].double().cpu().numpy()  # (B, 3, 3)
+                    if "polarizability_au" in res
+                    else np.full((len(molecules), 3, 3), np.nan)
+                )
+                norm_mean = iso_mean = None
+                std_d = std_a = nan
         t2 = time.perf_counter()
         self.timings["collate"] += t1 - t0
         self.timings["forward"] += t2 - t1
@@ -397,9 +530,9 @@ class Predictor:
             if len(molecules) == 1:
                 raise FloatingPointError("the model returned non-finite values")
             raise FloatingPointError("non-finite values in the batch")
-        iso = np.trace(alpha, axis1=1, axis2=2) / 3.0
+        iso = np.trace(alpha, axis1=1, axis2=2) / 3.0 if iso_mean is None else iso_mean
         aniso = alpha_anisotropy(alpha)
-        norm = np.linalg.norm(dip, axis=1) * DEBYE_PER_AU
+        norm = np.linalg.norm(dip, axis=1) * DEBYE_PER_AU if norm_mean is None else norm_mean
         for b, o in enumerate(out_rows):
             o[K.DIPOLE_AU] = dip[b].tolist()
             o[K.DIPOLE_DEBYE] = float(norm[b])
@@ -407,6 +540,8 @@ class Predictor:
             o[K.ALPHA_ISO_AU] = float(iso[b])
             o[ALPHA_ANISO_AU] = float(aniso[b])
             o[K.N_ELECTRONS] = float(n_el[b])
+            o[K.DIPOLE_DEBYE_STD] = float(std_d[b])
+            o[K.ALPHA_ISO_AU_STD] = float(std_a[b])
             o[K.STATUS] = K.STATUS_OK
             o[K.ERROR] = ""
 
@@ -414,10 +549,15 @@ class Predictor:
 def _failed(row: dict[str, Any], exc: BaseException) -> None:
     row[K.STATUS] = K.STATUS_PREDICTION_FAILED
     row[K.ERROR] = f"{type(exc).__name__}: {exc}"
-    for c in (K.DIPOLE_DEBYE, K.ALPHA_ISO_AU, K.N_ELECTRONS, ALPHA_ANISO_AU):
+    for c in (
+        K.DIPOLE_DEBYE, K.ALPHA_ISO_AU, K.N_ELECTRONS, ALPHA_ANISO_AU,
+        K.DIPOLE_DEBYE_STD, K.ALPHA_ISO_AU_STD,
+    ):  # fmt: skip
         row[c] = math.nan
     row[K.DIPOLE_AU] = None
     row[K.POLARIZABILITY_AU] = None
+    row[K.OOD] = False
+    row[K.OOD_REASON] = ""
 
 
 def _as_sequence(value: Any) -> Sequence[Any] | np.ndarray:
@@ -460,6 +600,11 @@ def _float_or_nan(value: Any) -> float:
 def status_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Rows per status, most common first."""
     return dict(Counter(str(r[K.STATUS]) for r in rows).most_common())
+
+
+def ood_count(rows: Iterable[Mapping[str, Any]]) -> int:
+    """Ok rows flagged out of distribution (``ood`` True)."""
+    return sum(1 for r in rows if r[K.STATUS] == K.STATUS_OK and r.get(K.OOD) is True)
 
 
 # ---- per-molecule Boltzmann averages ------------------------------------------------------
@@ -514,8 +659,11 @@ def boltzmann_average(
         (a0^3) and ``dipole_debye`` (the average of |μ|, D) — Boltzmann-weighted over the ok
         conformers (MMFF energies; equal weights when an energy is missing) — their
         ``_min``/``_max`` over those conformers, ``lowest_conformer_id``,
-        ``max_weight`` (weight of the dominant conformer), ``status`` ("ok" when at least
-        one conformer was predicted, else the first conformer's status) and ``error``.
+        ``max_weight`` (weight of the dominant conformer), ``dipole_debye_std`` and
+        ``alpha_iso_au_std`` (Boltzmann-weighted ensemble spreads of the conformers; NaN for a
+        single model), ``ood`` (any ok conformer out of distribution) and ``ood_reason``
+        (their distinct reasons), ``status`` ("ok" when at least one conformer was predicted,
+        else the first conformer's status) and ``error``.
     """
     import pandas as pd
 
@@ -527,8 +675,12 @@ def boltzmann_average(
         )
     if K.MMFF_ENERGY_KCAL not in df.columns:
         df[K.MMFF_ENERGY_KCAL] = math.nan
-    if ALPHA_ANISO_AU not in df.columns:
-        df[ALPHA_ANISO_AU] = math.nan
+    for c, default in (
+        (ALPHA_ANISO_AU, math.nan), (K.DIPOLE_DEBYE_STD, math.nan),
+        (K.ALPHA_ISO_AU_STD, math.nan), (K.OOD, False), (K.OOD_REASON, ""),
+    ):  # fmt: skip
+        if c not in df.columns:
+            df[c] = default
     out: list[dict[str, Any]] = []
     for rec, group in df.groupby(K.RECORD_INDEX, sort=True):
         first = group.iloc[0]
@@ -546,6 +698,8 @@ def boltzmann_average(
                 row[c] = row[f"{c}_min"] = row[f"{c}_max"] = math.nan
             row["lowest_conformer_id"] = int(first[K.CONFORMER_ID])
             row["max_weight"] = math.nan
+            row[K.DIPOLE_DEBYE_STD] = row[K.ALPHA_ISO_AU_STD] = math.nan
+            row[K.OOD], row[K.OOD_REASON] = False, ""
             row[K.STATUS] = str(first[K.STATUS])
             row[K.ERROR] = str(first[K.ERROR])
         else:
@@ -559,6 +713,13 @@ def boltzmann_average(
             lowest = int(np.nanargmin(e)) if np.isfinite(e).any() else 0
             row["lowest_conformer_id"] = int(ok[K.CONFORMER_ID].iloc[lowest])
             row["max_weight"] = float(w.max())
+            for c in (K.DIPOLE_DEBYE_STD, K.ALPHA_ISO_AU_STD):
+                v = ok[c].to_numpy(dtype=np.float64)
+                row[c] = float(w @ v)
+            row[K.OOD] = any(x is not None and x == x and bool(x) for x in ok[K.OOD])
+            reasons = [r for r in ok[K.OOD_REASON] if isinstance(r, str)]
+            parts = [p for r in reasons for p in r.split("; ") if p]
+            row[K.OOD_REASON] = "; ".join(dict.fromkeys(parts))
             row[K.STATUS] = K.STATUS_OK
             row[K.ERROR] = ""
         out.append(row)
@@ -567,7 +728,8 @@ def boltzmann_average(
         K.ALPHA_ISO_AU, f"{K.ALPHA_ISO_AU}_min", f"{K.ALPHA_ISO_AU}_max",
         K.DIPOLE_DEBYE, f"{K.DIPOLE_DEBYE}_min", f"{K.DIPOLE_DEBYE}_max",
         ALPHA_ANISO_AU, f"{ALPHA_ANISO_AU}_min", f"{ALPHA_ANISO_AU}_max",
-        "lowest_conformer_id", "max_weight", K.STATUS, K.ERROR,
+        "lowest_conformer_id", "max_weight", K.DIPOLE_DEBYE_STD, K.ALPHA_ISO_AU_STD,
+        K.OOD, K.OOD_REASON, K.STATUS, K.ERROR,
     ]  # fmt: skip
     return pd.DataFrame(out, columns=columns)
 
@@ -928,7 +1090,9 @@ def screen_file(
         ``n_rows``, ``status_counts`` (rows per status), ``seconds``, ``stage_seconds``
         (``load``, ``conformers``, ``predict``, ``write``; load and conformers overlap),
         ``predict_timings`` (CPU-seconds per predictor stage, summed over workers),
-        ``rows_per_second``, ``model_id``, ``model_dir``, ``workers``.
+        ``rows_per_second``, ``model_id``, ``model_dir``, ``workers``, ``n_ood`` (ok rows
+        flagged out of distribution), ``n_members`` (ensemble members; 1 for a single
+        model), ``domain_source`` (:attr:`Predictor.domain_source`).
 
     Raises
     ------
@@ -1070,4 +1234,7 @@ def screen_file(
         "model_id": predictor.model_id,
         "model_dir": str(predictor.model_dir),
         "workers": workers,
+        "n_ood": ood_count(rows),
+        "n_members": len(predictor.ensemble.members) if predictor.ensemble is not None else 1,
+        "domain_source": predictor.domain_source,
     }

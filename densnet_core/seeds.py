@@ -66,6 +66,63 @@ class SeedMolecule:
     source: str
 
 
+def morgan_fingerprints(smiles: Sequence[str], *, radius: int = 2, n_bits: int = 2048) -> list:
+    """Morgan (ECFP-like) bit-vector fingerprints of SMILES strings.
+
+    Parameters
+    ----------
+    smiles
+        (S,) SMILES; each must parse (ValueError otherwise).
+    radius, n_bits
+        Morgan radius and fingerprint length (the seed set uses 2 and 2048).
+
+    Returns
+    -------
+    list
+        (S,) RDKit ``ExplicitBitVect``.
+    """
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
+    out = []
+    for smi in smiles:
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None:
+            raise ValueError(f"invalid SMILES {smi!r}")
+        out.append(generator.GetFingerprint(mol))
+    return out
+
+
+def maxmin_pick(
+    fingerprints: Sequence, n: int, *, first_picks: Sequence[int] = (), seed: int = 42
+) -> list[int]:
+    """MaxMin diversity picking (RDKit ``MaxMinPicker``, Tanimoto distance).
+
+    Parameters
+    ----------
+    fingerprints
+        (S,) bit vectors (:func:`morgan_fingerprints`).
+    n
+        Total number of picks, ``first_picks`` included (clipped to S).
+    first_picks
+        Indices picked first, in order; the rest maximise the minimum distance to them.
+    seed
+        Seed of the picker (ties); the pick is deterministic for given inputs and seed.
+
+    Returns
+    -------
+    list[int]
+        Indices into ``fingerprints``, ``first_picks`` first.
+    """
+    n = min(int(n), len(fingerprints))
+    if n <= 0:
+        return []
+    if n <= len(first_picks):
+        return [int(i) for i in list(first_picks)[:n]]
+    picks = MaxMinPicker().LazyBitVectorPick(
+        list(fingerprints), len(fingerprints), n, firstPicks=list(first_picks), seed=seed
+    )
+    return [int(i) for i in picks]
+
+
 def _eligible(mol: Chem.Mol, *, max_heavy_atoms: int, elements: frozenset[str]) -> bool:
     if mol.GetNumHeavyAtoms() > max_heavy_atoms or len(Chem.GetMolFrags(mol)) != 1:
         return False
@@ -132,15 +189,12 @@ def select_seed_set(
         candidates.append((name, can))
     if n_from_pool <= 0 or not candidates:
         return chosen
-    generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
     smiles_all = [m.smiles for m in chosen] + [s for _, s in candidates]
-    fps = [generator.GetFingerprint(Chem.MolFromSmiles(s)) for s in smiles_all]
+    fps = morgan_fingerprints(smiles_all)
     n_fixed = len(chosen)
     n = min(n_from_pool, len(candidates))
     # The included molecules are the first picks, so the MaxMin picks complement them.
-    picks = MaxMinPicker().LazyBitVectorPick(
-        fps, len(fps), n_fixed + n, firstPicks=list(range(n_fixed)), seed=seed
-    )
+    picks = maxmin_pick(fps, n_fixed + n, first_picks=list(range(n_fixed)), seed=seed)
     chosen.extend(
         SeedMolecule(name=candidates[i - n_fixed][0], smiles=smiles_all[i], source="maxmin")
         for i in list(picks)[n_fixed:]

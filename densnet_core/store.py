@@ -99,9 +99,24 @@ SCHEMAS: dict[str, pa.Schema] = {
             (K.POLARIZABILITY_AU, _vec),
             (K.ALPHA_ISO_AU, _f64),
             (K.N_ELECTRONS, _f64),
+            (K.DIPOLE_DEBYE_STD, _f64),
+            (K.ALPHA_ISO_AU_STD, _f64),
+            (K.OOD, pa.bool_()),
+            (K.OOD_REASON, _str),
             *_OUTCOME,
         ]
     ),
+}
+
+#: declared columns a writer may leave out, and the value they then get (null = not assessed):
+#: predictions written without an uncertainty / applicability-domain verdict
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "predictions": {
+        K.DIPOLE_DEBYE_STD: float("nan"),
+        K.ALPHA_ISO_AU_STD: float("nan"),
+        K.OOD: None,
+        K.OOD_REASON: None,
+    },
 }
 
 
@@ -122,6 +137,7 @@ def to_arrow(data: pd.DataFrame | Sequence[Mapping[str, Any]], table: str) -> pa
     """Convert records or a DataFrame to an Arrow table of the declared schema.
 
     Declared columns come first, in schema order; extra columns follow with inferred types.
+    Declared columns listed in :data:`DEFAULTS` may be missing and get their default.
 
     Raises
     ------
@@ -132,6 +148,9 @@ def to_arrow(data: pd.DataFrame | Sequence[Mapping[str, Any]], table: str) -> pa
     df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
     if df.empty and len(df.columns) == 0:
         df = pd.DataFrame({name: pd.Series([], dtype=object) for name in schema.names})
+    defaults = {k: v for k, v in DEFAULTS.get(table, {}).items() if k not in df.columns}
+    if defaults:
+        df = df.assign(**{k: [v] * len(df) for k, v in defaults.items()})
     missing = [name for name in schema.names if name not in df.columns]
     if missing:
         raise SchemaError(f"{table} table is missing columns {missing}")

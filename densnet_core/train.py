@@ -513,6 +513,7 @@ def train(
     model_overrides: Mapping[str, Any] | None = None,
     split_seed: int | None = None,
     bootstrap_seed: int | None = None,
+    validation_mol_ids: Sequence[str] | None = None,
     progress: Callable[[EpochReport], None] | None = None,
     status: Callable[[str], None] | None = None,
 ) -> TrainResult:
@@ -565,6 +566,10 @@ def train(
     bootstrap_seed
         If given, train on a bootstrap resample of the training molecules
         (:func:`bootstrap_by_molecule`); None (default) = every training conformer once.
+    validation_mol_ids
+        If given, exactly these molecules (InChIKeys present in the store) are held out for
+        validation instead of the hashed ``val_fraction`` split (active learning: keep the
+        validation set of the model fine-tuned from, so added molecules always train).
     progress
         Called with an :class:`EpochReport` after every epoch (after the checkpoint is
         written, so an exception raised there leaves a resumable run).
@@ -601,7 +606,10 @@ def train(
     samples = make_samples(rows, level=level, metric_cache_dir=metric_cache_dir)
     mol_ids = [s.mol_id for s in samples]
     train_idx, val_idx = split_by_molecule(
-        mol_ids, val_fraction=val_fraction, seed=seed if split_seed is None else split_seed
+        mol_ids,
+        val_fraction=val_fraction,
+        seed=seed if split_seed is None else split_seed,
+        validation_mol_ids=validation_mol_ids,
     )
     if bootstrap_seed is not None:
         train_idx = bootstrap_by_molecule(mol_ids, train_idx, seed=bootstrap_seed)
@@ -661,6 +669,11 @@ def train(
             # recorded only when set, so default runs keep their settings unchanged
             **({"split_seed": split_seed} if split_seed is not None else {}),
             **({"bootstrap_seed": bootstrap_seed} if bootstrap_seed is not None else {}),
+            **(
+                {"validation_mol_ids": sorted(validation_mol_ids)}
+                if validation_mol_ids is not None
+                else {}
+            ),
         }
     )
     best_loss, best_epoch, bad_epochs, start_epoch = math.inf, 0, 0, 1
@@ -696,6 +709,7 @@ def train(
         val_s=val_s,
         data_hash=data_hash,
         run_config=run_config,
+        smiles_by_mol=dict(zip(rows[K.MOL_ID], rows[K.SMILES], strict=True)),
     )
     stopped = "completed"
     epoch = start_epoch - 1
@@ -837,7 +851,10 @@ def _card_base(
     val_s: Sequence[Sample],
     data_hash: str,
     run_config: Mapping[str, Any],
+    smiles_by_mol: Mapping[str, str],
 ) -> dict[str, Any]:
+    from densnet_core.ood import training_ring_systems
+
     train_mols = sorted({s.mol_id for s in train_s})
     return {
         "level_of_theory_fields": level.model_dump(),
@@ -850,6 +867,15 @@ def _card_base(
         # what the model has seen: predict refuses other charges and multiplicities
         "charges_in_data": sorted({round(float(s.inputs.charge)) for s in samples}),
         "multiplicities_in_data": sorted({int(s.multiplicity) for s in samples}),
+        # the training domain, for the out-of-distribution checks of densnet_core.ood
+        "training_elements": _elements(train_s),
+        "training_ring_systems": training_ring_systems(
+            sorted({smiles_by_mol[m] for m in train_mols if smiles_by_mol.get(m)})
+        ),
+        "max_heavy_atoms_in_data": max(
+            (int(np.count_nonzero(np.asarray(s.inputs.numbers) > 1)) for s in train_s),
+            default=0,
+        ),
         "training_inchikeys": [m for m in train_mols if is_inchikey(m)],
         "validation_inchikeys": sorted({s.mol_id for s in val_s if is_inchikey(s.mol_id)}),
         "training_settings": dict(run_config),

@@ -49,6 +49,7 @@ from densnet_core.md import (
     read_checkpoint_state,
     resume_step,
 )
+from flows.runners import tag_current_run
 from tasks.md import compute_ir, prepare_structure, run_md_segment, settings_dict
 
 
@@ -129,23 +130,6 @@ class MDParams(BaseModel):
             checkpoint_interval=self.checkpoint_interval,
             seed=self.seed,
         )
-
-
-def _tag_run(tag: str) -> None:
-    """Add ``tag`` to the current flow run (``@flow`` takes no tags in Prefect 3; the same as
-    the screen flow's helper, kept here so the MD flow does not import the screening stack)."""
-    from prefect.client.orchestration import get_client
-
-    run_id = flow_run.get_id()
-    if not run_id:
-        return
-    try:
-        with get_client(sync_client=True) as client:
-            current = client.read_flow_run(run_id).tags or []
-            if tag not in current:
-                client.update_flow_run(run_id, tags=[*current, tag])
-    except Exception:  # a tag is a convenience; never fail the run for it
-        pass
 
 
 def run_label(params: MDParams | dict[str, Any]) -> str:
@@ -238,7 +222,7 @@ def md_flow(params: MDParams) -> dict[str, Any]:
     """
     start = time.perf_counter()
     logger = get_run_logger()
-    _tag_run("md")
+    tag_current_run("md")
     out = Path(params.output_dir)
     settings = params.md_settings()
     sdict = settings_dict(settings)

@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rdkit import RDConfig
 
 from densnet_core.level import LevelOfTheory
-from densnet_core.modelio import read_model_info
-from densnet_core.predict import ModelNotFoundError, resolve_model_dir
+from densnet_core.predict import ModelNotFoundError, model_identity, resolve_model_dir
 from flows.label import label_flow
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "densnet" / "demo" / "demo.toml"
@@ -161,12 +160,12 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     summary["model_dir"] = model_dir
     summary["timings_seconds"] = timings
 
-    info = read_model_info(model_dir) if model_dir else None
+    model_id = model_identity(model_dir)[0] if model_dir else "default"
     lines = [
         f"# Pipeline `{config.name}`",
         "",
         f"- seed labels: `{labels_dir}` — {summary['label']['status_counts']}",
-        f"- model: `{info.model_id if info else 'default'}`",
+        f"- model: `{model_id}`",
         f"- predictions: `{predictions}` — {summary['screen'].get('status_counts', {})}",
         *([f"- **note:** {summary['note']}"] if "note" in summary else []),
         "",

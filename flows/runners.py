@@ -42,3 +42,23 @@ def threads_per_worker(workers: int, dask_address: str | None = None) -> int | N
     if dask_address:
         return None  # each Dask worker machine uses its own cores
     return max(1, available_cores() // max(1, workers))
+
+
+def tag_current_run(tag: str) -> None:
+    """Add ``tag`` to the current flow run (``@flow`` takes no tags in Prefect 3).
+
+    Does nothing outside a flow run, and never fails the run: a tag is a convenience.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(run_id).tags or []
+            if tag not in current:
+                client.update_flow_run(run_id, tags=[*current, tag])
+    except Exception:
+        pass

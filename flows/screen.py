@@ -13,8 +13,10 @@ Stages:
    (Boltzmann-averaged per molecule) when ``n_conformers > 1``.
 
 Artifacts on the flow run: a progress artifact (conformer rows predicted, %), a table of the
-top-N candidates by ``score``, and a markdown summary (rows per status, model id, the model
-card's validation metrics, stage timings).
+top-N candidates by ``score`` (with their ``ood`` verdict and, for an ensemble, the ``*_std``
+spreads), and a markdown summary (rows per status, ok rows out of distribution, model id, the
+model card's validation metrics, stage timings). ``model_dir`` may be a single model or an
+ensemble directory (:class:`densnet_core.predict.Predictor` tells them apart).
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ from densnet_core.inputs import InputFileError, detect_format
 from densnet_core.predict import (
     ALPHA_ANISO_AU,
     boltzmann_average,
+    model_identity,
+    ood_count,
     read_conformer_rows,
     resolve_model_dir,
     sibling_path,
     status_counts,
     write_molecules_table,
 )
+from flows.runners import tag_current_run
 from tasks.screen import failed_prediction_rows, predict_chunk
 
 SCORES = (K.ALPHA_ISO_AU, K.DIPOLE_DEBYE, ALPHA_ANISO_AU, K.N_ELECTRONS)
@@ -85,22 +90,6 @@ def _notify(stage: str, done: int, total: int) -> None:
 def _run_name() -> str:
     stem = Path(str(flow_run.parameters.get("input_path", "input"))).stem or "input"
     return f"screen-{stem}-{datetime.now():%Y-%m-%d-%H%M%S}"
-
-
-def _tag_run(tag: str) -> None:
-    """Add ``tag`` to the current flow run (``@flow`` takes no tags in Prefect 3)."""
-    from prefect.client.orchestration import get_client
-
-    run_id = flow_run.get_id()
-    if not run_id:
-        return
-    try:
-        with get_client(sync_client=True) as client:
-            current = client.read_flow_run(run_id).tags or []
-            if tag not in current:
-                client.update_flow_run(run_id, tags=[*current, tag])
-    except Exception:  # a tag is a convenience; never fail the run for it
-        pass
 
 
 def chunk_ranges(n_rows: int, chunk_size: int | None = None) -> list[range]:
@@ -148,6 +137,13 @@ def _top_candidates(
             item[K.CONFORMER_ID] = int(r[K.CONFORMER_ID])
         for c in (K.ALPHA_ISO_AU, K.DIPOLE_DEBYE, ALPHA_ANISO_AU):
             item[c] = round(float(r.get(c, math.nan)), 4)
+        for c in (K.ALPHA_ISO_AU_STD, K.DIPOLE_DEBYE_STD):
+            value = r.get(c)
+            if value is not None and math.isfinite(float(value)):  # ensembles only
+                item[c] = round(float(value), 4)
+        flag = r.get(K.OOD)
+        item[K.OOD] = bool(flag) if flag is not None and flag == flag else False  # NaN: no
+        item[K.OOD_REASON] = str(r.get(K.OOD_REASON) or "")
         out.append(item)
     return out
 
@@ -174,7 +170,8 @@ def _summary_markdown(s: dict[str, Any]) -> str:
         "",
         f"- model: `{s['model_id']}` (`{s['model_dir']}`)",
         f"- records: **{s['n_records']}**, conformer rows: {s['n_rows']}, "
-        f"predicted ok: {s['status_counts'].get(K.STATUS_OK, 0)}",
+        f"predicted ok: {s['status_counts'].get(K.STATUS_OK, 0)}, of which out of the "
+        f"training distribution (`ood`): **{s.get('n_ood', 0)}**",
         f"- wall time: {s['seconds']:.1f} s ({s['rows_per_second']:.1f} conformers/s); "
         + ", ".join(f"{k} {v:.2f} s" for k, v in s["stage_seconds"].items()),
         f"- predictions: `{s['output']}`",
@@ -243,19 +240,18 @@ def screen_flow(
     -------
     dict
         ``output``, ``molecules_output``, ``conformers_output``, ``n_records``, ``n_rows``,
-        ``status_counts`` (rows per status), ``seconds``, ``stage_seconds``,
+        ``status_counts`` (rows per status), ``n_ood`` (ok rows out of distribution),
+        ``n_members`` (1 for a single model), ``seconds``, ``stage_seconds``,
         ``rows_per_second``, ``model_id``, ``model_dir``, ``model_card``, ``top``.
     """
-    from densnet_core.modelio import read_model_info
-
     start = time.perf_counter()
     logger = get_run_logger()
-    _tag_run("screen")
+    tag_current_run("screen")
     if score not in SCORES:
         raise ValueError(f"score {score!r} is not one of {list(SCORES)}")
     fmt = detect_format(input_path)  # InputFileError for a missing file / unknown format
     resolved = resolve_model_dir(model_dir)  # ModelNotFoundError before any work
-    info = read_model_info(resolved)
+    model_id, model_card = model_identity(resolved)
     model_arg = str(resolved)
     stage: dict[str, float] = {}
 
@@ -285,9 +281,7 @@ def screen_flow(
     t0 = time.perf_counter()
     total = len(conf_rows)
     chunks = chunk_ranges(total, chunk_size)
-    logger.info(
-        "%d conformer rows in %d prediction tasks, model %s", total, len(chunks), info.model_id
-    )
+    logger.info("%d conformer rows in %d prediction tasks, model %s", total, len(chunks), model_id)
     progress_id = create_progress_artifact(
         progress=0.0, key="screen-progress", description="conformer rows predicted (%)"
     )
@@ -309,7 +303,7 @@ def screen_flow(
             result = failed_prediction_rows(
                 [conf_rows[j] for j in c],
                 f"prediction task failed: {type(result).__name__}: {result}",
-                info.model_id,
+                model_id,
             )
         results[i] = result
         done += len(c)
@@ -344,12 +338,14 @@ def screen_flow(
         "n_records": len({int(r[K.RECORD_INDEX]) for r in rows}),
         "n_rows": len(rows),
         "status_counts": counts,
+        "n_ood": ood_count(rows),
+        "n_members": int((model_card.get("ensemble") or {}).get("n_members", 1)),
         "seconds": seconds,
         "stage_seconds": stage,
         "rows_per_second": len(rows) / seconds if seconds > 0 else 0.0,
-        "model_id": info.model_id,
+        "model_id": model_id,
         "model_dir": str(resolved),
-        "model_card": info.card,
+        "model_card": model_card,
         "dask_address": dask_address,
         "top": top,
     }
@@ -362,7 +358,10 @@ def screen_flow(
     create_markdown_artifact(
         markdown=_summary_markdown(summary), key="screen-summary", description="Screen summary"
     )
-    logger.info("wrote %d prediction rows to %s: %s", len(rows), out, counts)
+    logger.info(
+        "wrote %d prediction rows to %s: %s; %d ok rows out of distribution",
+        len(rows), out, counts, summary["n_ood"],
+    )  # fmt: skip
     return summary
 
 

@@ -213,8 +213,7 @@ def screen_folder_flow(
         ``n_records``, ``n_ok``, ``error``), ``counts`` (libraries per result), ``top``,
         ``seconds``.
     """
-    from densnet_core.modelio import read_model_info
-    from densnet_core.predict import resolve_model_dir
+    from densnet_core.predict import model_identity, resolve_model_dir
 
     start = time.perf_counter()
     logger = get_run_logger()
@@ -222,12 +221,12 @@ def screen_folder_flow(
         raise ValueError(f"score {score!r} is not one of {list(SCORES)}")
     libraries = library_files(candidates_dir)
     resolved = resolve_model_dir(model_dir)  # ModelNotFoundError before any work
-    info = read_model_info(resolved)
+    model_id, _card = model_identity(resolved)  # a single model or an ensemble directory
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = output_paths(libraries, out_dir)
     state = read_state(out_dir)
-    logger.info("%d libraries in %s, model %s", len(libraries), candidates_dir, info.model_id)
+    logger.info("%d libraries in %s, model %s", len(libraries), candidates_dir, model_id)
     progress_id = create_progress_artifact(
         progress=0.0 if libraries else 100.0,
         key="screen-folder-progress",
@@ -239,7 +238,7 @@ def screen_folder_flow(
         output = outputs[library]
         fingerprint = {
             "input_sha256": file_sha256(library),
-            "model_id": info.model_id,
+            "model_id": model_id,
             "n_conformers": n_conformers,
             "schema_version": store.SCHEMA_VERSION,
         }
@@ -285,7 +284,7 @@ def screen_folder_flow(
     summary = {
         "candidates_dir": str(candidates_dir),
         "output_dir": str(out_dir),
-        "model_id": info.model_id,
+        "model_id": model_id,
         "model_dir": str(resolved),
         "libraries": results,
         "counts": counts,

@@ -23,6 +23,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from densnet_core.active_learning import member_init_dir
 from densnet_core.level import LevelOfTheory
 from tasks.train import calibrate_ensemble, train_ensemble_member, train_model
 
@@ -50,6 +51,7 @@ def train_flow(
     val_fraction: float = 0.1,
     parallel_members: int | None = None,
     calibration_labels: dict[str, str] | None = None,
+    validation_mol_ids: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train a density model on ``labels_dir`` into ``model_dir`` (resumes a checkpoint).
 
@@ -60,7 +62,9 @@ def train_flow(
     model_dir
         Output model directory.
     init
-        Model directory to fine-tune from (None = a new model).
+        Model directory to fine-tune from (None = a new model); for an ensemble also an
+        ensemble directory (member k from its member k,
+        :func:`densnet_core.active_learning.member_init_dir`).
     epochs, preset, device, batch_size, lr, max_hours, seed
         See :func:`densnet_core.train.train`.
     level
@@ -75,7 +79,11 @@ def train_flow(
         Members trained at the same time (None: module docstring).
     calibration_labels
         ``{name: label store}`` of other held-out sets to report calibration figures on.
+    validation_mol_ids
+        Hold out exactly these molecules (InChIKeys) instead of the ``val_fraction`` split
+        (fine-tuning on a grown label store keeps the validation set; None = the split).
     """
+    extra = {"validation_mol_ids": validation_mol_ids} if validation_mol_ids is not None else {}
     if ensemble > 1:
         return _train_ensemble(
             labels_dir,
@@ -95,6 +103,7 @@ def train_flow(
                 "lr": lr,
                 "max_hours": max_hours,
                 "val_fraction": val_fraction,
+                **extra,
             },
         )
     result = train_model(
@@ -111,6 +120,7 @@ def train_flow(
             "max_hours": max_hours,
             "seed": seed,
             "val_fraction": val_fraction,
+            **extra,
         },
     )
     val = result.get("validation") or {}
@@ -170,7 +180,13 @@ def _train_ensemble(
     summaries: list[dict[str, Any]] = []
     for start in range(0, len(specs), parallel_members):
         futures = [
-            train_ensemble_member.submit(labels_dir, model_dir, spec, level=lvl, options=options)
+            train_ensemble_member.submit(
+                labels_dir,
+                model_dir,
+                spec,
+                level=lvl,
+                options={**options, "init": member_init_dir(options.get("init"), spec["name"])},
+            )
             for spec in specs[start : start + parallel_members]
         ]
         summaries.extend(f.result() for f in futures)

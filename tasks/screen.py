@@ -57,7 +57,7 @@ def predict_chunk(
     rows
         Conformers-table rows as plain dicts (``numbers``, ``positions_angstrom`` in Å, ...).
     model_dir
-        Model directory (None = the default model).
+        Model or ensemble directory (None = the default model).
     batch_size
         Molecules per forward pass.
     threads
@@ -81,7 +81,10 @@ def predict_chunk(
 def failed_prediction_rows(
     rows: Sequence[Mapping[str, Any]], error: str, model_id: str = ""
 ) -> list[dict[str, Any]]:
-    """One ``prediction_failed`` row per conformer row (rows already failed keep their status)."""
+    """One ``prediction_failed`` row per conformer row (rows already failed keep their status).
+
+    Spreads are NaN, ``ood`` False and ``ood_reason`` "" (as for every non-ok row).
+    """
     out = []
     for r in rows:
         status = str(r.get(K.STATUS) or K.STATUS_OK)
@@ -98,6 +101,10 @@ def failed_prediction_rows(
                 K.POLARIZABILITY_AU: None,
                 K.ALPHA_ISO_AU: float("nan"),
                 K.N_ELECTRONS: float("nan"),
+                K.DIPOLE_DEBYE_STD: float("nan"),
+                K.ALPHA_ISO_AU_STD: float("nan"),
+                K.OOD: False,  # no prediction, no verdict: the status says why
+                K.OOD_REASON: "",
                 K.STATUS: status if status != K.STATUS_OK else K.STATUS_PREDICTION_FAILED,
                 K.ERROR: str(r.get(K.ERROR) or "") if status != K.STATUS_OK else error,
             }

@@ -7,6 +7,11 @@ temporary server costs ~10-25 s of wall time on a 2-core machine, longer than pr
 whole 1,017-compound ChEMBL series, so it is opt-in: ``--prefect`` runs ``flows/screen.py``'s
 ``screen_flow`` (flow and task runs, progress, top-N and summary artifacts in the Prefect UI).
 ``densnet run`` always uses Prefect.
+
+``--model`` may name a single model or an ensemble directory (``densnet train --ensemble K``):
+with an ensemble the rows carry the calibrated spreads ``dipole_debye_std`` / ``alpha_iso_au_std``.
+Every ok row carries ``ood`` / ``ood_reason`` (outside the training domain); the summary counts
+them.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ def predict(
         Path | None,
         typer.Option(
             "--model",
-            help="Model directory [default: DENSNET_MODEL_DIR or models/densnet-default].",
+            help="Model or ensemble directory [default: DENSNET_MODEL_DIR or "
+            "models/densnet-default].",
         ),
     ] = None,
     n_conformers: Annotated[
@@ -130,6 +136,18 @@ def predict(
         f"({n / seconds:.1f} mol/s end to end, {mode}; model {summary['model_id']})"
     )
     say(status_line(summary["status_counts"]))
+    n_ok = summary["status_counts"].get("ok", 0)
+    if n_ok:
+        n_ood = int(summary.get("n_ood", 0))
+        kind = (
+            f"ensemble of {summary['n_members']}: spreads in dipole_debye_std, alpha_iso_au_std"
+            if summary.get("n_members", 1) > 1
+            else "single model: no spreads, domain checks only"
+        )
+        say(
+            f"out of the training distribution: {n_ood} of {n_ok} ok rows "
+            f"(column ood, reasons in ood_reason; {kind})"
+        )
     say(f"output: {summary['output']}")
     if summary.get("conformers_output"):
         say(f"conformers: {summary['conformers_output']}")

@@ -83,3 +83,89 @@ def test_ood_from_manifest_dict_and_several_reasons():
     ]  # no alpha threshold in this manifest: not checked
     with pytest.raises(ValueError):
         ood_reasons(["C"], [[6]], [0.1, 0.2], [0.1], manifest)
+
+
+def test_size_reason_and_unknown_checks_skipped():
+    crit = OODCriteria(training_elements=frozenset({1, 6}), max_heavy_atoms=3)
+    reasons = ood_reasons(["CCCC", "CCC", "c1ccccc1"], [[6] * 4, [6] * 3, [6] * 6 + [1] * 6],
+                          [np.nan] * 3, [np.nan] * 3, crit)  # fmt: skip
+    assert reasons[0] == "4 heavy atoms > 3 seen in training"
+    assert reasons[1] == ""
+    # empty known ring systems: every ring is new; None: not checked
+    assert (
+        reasons[2]
+        == "ring system absent from training: c1ccccc1; 6 heavy atoms > 3 seen in training"
+    )
+    unknown = OODCriteria(training_elements=frozenset({1, 6}), training_ring_systems=None)
+    assert ood_reasons(["c1ccccc1"], [[6] * 6], [np.nan], [np.nan], unknown) == [""]
+
+
+def test_criteria_from_a_model_card_and_an_old_manifest():
+    card = {
+        "elements_in_data": [1, 6, 7, 8],
+        "training_elements": [1, 6, 8],
+        "training_ring_systems": ["c1ccccc1"],
+        "max_heavy_atoms_in_data": 12,
+    }
+    crit = OODCriteria.from_model_card(card, supported_elements=[1, 6, 7, 8, 9])
+    assert crit.training_elements == {1, 6, 8} and crit.max_heavy_atoms == 12
+    assert crit.training_ring_systems == {"c1ccccc1"} and crit.max_std_dipole_debye is None
+    bare = OODCriteria.from_model_card({}, supported_elements=[1, 6])
+    assert bare.training_elements == {1, 6}
+    assert bare.training_ring_systems is None and bare.max_heavy_atoms is None
+    old = OODCriteria.from_manifest({"training_elements": [1, 6]})
+    assert old.training_ring_systems is None and old.max_heavy_atoms is None
+
+
+def _label_rows(entries):
+    """Minimal rows of the labels schema (only identity and status matter here)."""
+    from densnet_core import keys as K
+    from densnet_core import store
+
+    names = store.SCHEMAS["labels"].names
+    rows = []
+    for mol_id, smiles, numbers, status in entries:
+        row = dict.fromkeys(names)
+        row.update({K.MOL_ID: mol_id, K.SMILES: smiles, K.NUMBERS: numbers, K.STATUS: status,
+                    K.RECORD_INDEX: 0, K.CONFORMER_ID: 0, K.ERROR: ""})  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def test_domain_from_the_label_store_named_by_an_old_card(tmp_path, caplog):
+    from densnet_core import store
+    from densnet_core.ood import complete_domain, domain_from_label_store
+
+    labels = tmp_path / "data" / "labels"
+    store.append_part(
+        _label_rows([
+            ("A", "c1ccncc1", [6, 6, 6, 6, 6, 7] + [1] * 5, "ok"),
+            ("B", "CCO", [6, 6, 8] + [1] * 6, "ok"),
+            ("C", "c1ccc2ccccc2c1", [6] * 10 + [1] * 8, "ok"),  # validation molecule
+            ("D", "CCCCCCCCCCCC[Si]", [6] * 12 + [14], "scf_not_converged"),
+        ]),
+        labels,
+        "labels",
+    )  # fmt: skip
+    got = domain_from_label_store(labels, ["A", "B", "D"])
+    assert got["training_ring_systems"] == ["c1ccncc1"]
+    assert got["max_heavy_atoms_in_data"] == 6 and got["training_elements"] == [1, 6, 7, 8]
+    card = {"model_id": "m-1", "training_inchikeys": ["A", "B"],
+            "training_settings": {"labels_dir": "data/labels"}}  # fmt: skip
+    done = complete_domain(card, base_dirs=[tmp_path])  # relative to the repository root
+    assert done["domain_source"] == f"label store {labels}"
+    assert done["max_heavy_atoms_in_data"] == 6 and done["training_ring_systems"] == ["c1ccncc1"]
+    assert "max_heavy_atoms_in_data" not in card  # not modified
+    # recorded fields win; a missing store leaves the checks off and says so once
+    assert (
+        complete_domain({**card, "training_ring_systems": [], "max_heavy_atoms_in_data": 3})[
+            "domain_source"
+        ]
+        == "recorded"
+    )
+    with caplog.at_level("WARNING", logger="densnet_core.ood"):
+        lost = complete_domain({**card, "model_id": "m-2"}, base_dirs=[tmp_path / "nowhere"])
+        complete_domain({**card, "model_id": "m-2"}, base_dirs=[tmp_path / "nowhere"])
+    assert lost["domain_source"].startswith("incomplete: label store data/labels not found")
+    assert "training_ring_systems" not in lost
+    assert sum("ring-system and size" in r.message for r in caplog.records) == 1

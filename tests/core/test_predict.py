@@ -118,11 +118,44 @@ def test_one_row_per_input_row_in_order_with_statuses(predictor: Predictor) -> N
         assert o[K.MODEL_ID] == predictor.model_id
         if o[K.STATUS] != "ok":
             assert o[K.ERROR] and math.isnan(o[K.DIPOLE_DEBYE]) and o[K.DIPOLE_AU] is None
+    # a single model has no spread; this card records no training domain beyond the elements
+    for o in out:
+        assert math.isnan(o[K.DIPOLE_DEBYE_STD]) and math.isnan(o[K.ALPHA_ISO_AU_STD])
+        assert o[K.OOD] is False and o[K.OOD_REASON] == ""
+    assert predictor.ensemble is None and predictor.domain_source.startswith("incomplete")
     # the rows make a valid predictions table
     from densnet_core import store
 
     df = store.frame(out, "predictions")
     assert len(df) == len(rows) and "alpha_aniso_au" in df.columns
+    assert df[K.OOD].dtype == bool and not df[K.OOD].any()
+
+
+def test_single_model_domain_from_its_card(tmp_path: Path) -> None:
+    card = {"training_elements": [1, 6, 8], "training_ring_systems": [],
+            "max_heavy_atoms_in_data": 1}  # fmt: skip
+    p = Predictor(make_model_dir(tmp_path / "carded", card=card), batch_size=4)
+    assert p.domain_source == "recorded"
+    rows = conformer_rows(2, seed=6)  # water, ammonia, formaldehyde, methanol x 2
+    ang = np.arange(6) * np.pi / 3
+    ring = np.stack([1.4 * np.cos(ang), 1.4 * np.sin(ang), 0 * ang], axis=1)  # C6 ring, Å
+    rows.append(_row(8, "c1ccccc1", [6] * 6, ring))
+    out = p.predict_rows(rows)
+    assert len(out) == len(rows)
+    reasons = {o[K.NAME]: o[K.OOD_REASON] for o in out}
+    assert reasons["water"] == ""
+    assert reasons["ammonia"] == "element absent from training: N"
+    assert reasons["methanol"] == "2 heavy atoms > 1 seen in training"
+    assert reasons["c1ccccc1"] == (
+        "ring system absent from training: c1ccccc1; 6 heavy atoms > 1 seen in training"
+    )
+    assert [o[K.OOD] for o in out] == [bool(o[K.OOD_REASON]) for o in out]
+    assert all(math.isnan(o[K.DIPOLE_DEBYE_STD]) for o in out)
+    # per molecule: out of distribution if any conformer is
+    mols = boltzmann_average(pd.DataFrame(out)).set_index(K.NAME)
+    assert mols.loc["methanol", K.OOD] and not mols.loc["water", K.OOD]
+    assert mols.loc["methanol", K.OOD_REASON] == "2 heavy atoms > 1 seen in training"
+    assert np.isnan(mols.loc["water", K.DIPOLE_DEBYE_STD])
 
 
 def test_physics_of_every_prediction(predictor: Predictor) -> None:

@@ -67,7 +67,9 @@ def test_deployments_are_registered(nightly_run: NightlyRun) -> None:
     assert set(deployments) == {
         "screen-folder/nightly-screen",
         "label/label-on-demand",
+        "md/md-on-demand",
         "train/train-gpu",
+        "active-learning/active-learning",
     }, nightly_run.deploy_output[-3000:]
     assert pools == {"cpu": "process", "gpu": "process"}
 
@@ -87,6 +89,21 @@ def test_deployments_are_registered(nightly_run: NightlyRun) -> None:
     label = deployments["label/label-on-demand"]
     assert label.work_pool_name == "cpu" and not label.schedules
     assert label.parameters == {"labels_dir": str(nightly_run.output_dir.parent / "labels")}
+
+    md = deployments["md/md-on-demand"]
+    assert md.work_pool_name == "cpu" and not md.schedules and md.tags == ["md"]
+    assert md.entrypoint == "flows/md.py:md_flow"
+    assert md.parameters["params"]["output_dir"] == str(
+        nightly_run.output_dir.parent / "md/ethanol"
+    )
+    assert md.parameter_openapi_schema["required"] == ["params"]
+
+    al = deployments["active-learning/active-learning"]
+    assert al.work_pool_name == "cpu" and not al.schedules and al.tags == ["active-learning"]
+    assert al.entrypoint == "flows/active_learning.py:active_learning_flow"
+    assert al.parameters["params"]["output_dir"] == str(
+        nightly_run.output_dir.parent / "active-learning"
+    )
 
     train = deployments["train/train-gpu"]
     assert train.work_pool_name == "gpu" and not train.schedules

@@ -41,9 +41,14 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+# the training domain the model card states: phenol (a new ring, 7 heavy atoms) is outside it
+DOMAIN = {"training_elements": [1, 6, 7, 8], "training_ring_systems": [],
+          "max_heavy_atoms_in_data": 3}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("models") / "screen-model")
+    return make_model_dir(tmp_path_factory.mktemp("models") / "screen-model", card=DOMAIN)
 
 
 @pytest.fixture
@@ -86,6 +91,13 @@ def test_screen_flow_on_mixed_smiles(mixed_smi: Path, model_dir: Path, tmp_path:
     assert np.isfinite(ok[K.ALPHA_ISO_AU]).all() and np.isfinite(ok[K.DIPOLE_DEBYE]).all()
     assert (tmp_path / "screen.conformers.parquet").exists()
     assert summary["status_counts"]["ok"] == 3 and summary["n_records"] == 6
+    # out-of-distribution verdicts: only phenol; no spreads from a single model
+    assert list(df[K.OOD]) == [False] * 5 + [True]
+    assert df.loc[5, K.OOD_REASON] == (
+        "ring system absent from training: c1ccccc1; 7 heavy atoms > 3 seen in training"
+    )
+    assert (df.loc[:4, K.OOD_REASON] == "").all() and df[K.DIPOLE_DEBYE_STD].isna().all()
+    assert summary["n_ood"] == 1 and summary["n_members"] == 1
     assert ("predict", 6, 6) in seen and any(s == "conformers" for s, _, _ in seen)
 
     run, arts = _artifacts(state.state_details.flow_run_id)
@@ -93,9 +105,14 @@ def test_screen_flow_on_mixed_smiles(mixed_smi: Path, model_dir: Path, tmp_path:
     top = arts["screen-top-candidates"]
     data = top.data if isinstance(top.data, list) else json.loads(top.data)
     assert len(data) == 2 and data[0][K.ALPHA_ISO_AU] >= data[1][K.ALPHA_ISO_AU]
+    assert {d[K.NAME]: d[K.OOD] for d in data} == {
+        d[K.NAME]: d[K.NAME] == "phenol" for d in summary["top"]
+    }
+    assert all(K.OOD in d and K.OOD_REASON in d for d in data)
     assert "screen-progress" in arts
     md = arts["screen-summary"].data
     assert summary["model_id"] in md and "| unsupported_charge | 1 |" in md
+    assert "out of the training distribution (`ood`): **1**" in md
 
 
 def test_sdf_coordinates_are_used_as_given(model_dir: Path, tmp_path: Path) -> None:
@@ -182,6 +199,7 @@ def test_densnet_predict_cli_end_to_end(mixed_smi: Path, model_dir: Path, tmp_pa
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "6 records" in proc.stdout and "ok 3" in proc.stdout
+    assert "out of the training distribution: 1 of 3 ok rows" in proc.stdout
     assert f"output: {out}" in proc.stdout and "read_parquet" in proc.stdout
     assert "Traceback" not in proc.stderr
     df = store.read_table(out, "predictions")
@@ -221,3 +239,26 @@ def test_screen_on_an_existing_dask_cluster_matches_in_process(
         np.stack(a.loc[ok, K.DIPOLE_AU]), np.stack(b.loc[ok, K.DIPOLE_AU]), atol=1e-5
     )
     np.testing.assert_allclose(a.loc[ok, K.ALPHA_ISO_AU], b.loc[ok, K.ALPHA_ISO_AU], rtol=1e-5)
+
+
+def test_screen_flow_with_an_ensemble(tmp_path: Path) -> None:
+    """An ensemble directory as the model: spreads in the rows and in the top-N artifact."""
+    from tests.core._tiny_labels import conformer_rows
+    from tests.core.test_predict_ensemble import make_ensemble_dir
+
+    ens = make_ensemble_dir(tmp_path / "ens", members=2)
+    rows = conformer_rows(1)
+    for r in rows:
+        r.update({K.INPUT_SMILES: r[K.SMILES], K.N_HEAVY_ATOMS: 1, K.FORCE_FIELD: "MMFF94"})
+        r.update({K.FRAGMENT_NOTE: "", K.STEREO_NOTE: "", K.MMFF_ENERGY_KCAL: 0.0})
+    conf = store.write_table(rows, tmp_path / "conf.parquet", "conformers")
+    out = tmp_path / "pred.parquet"
+    summary = screen_flow(input_path=str(conf), output_path=str(out), model_dir=str(ens), top_n=4)
+    df = store.read_table(out, "predictions")
+    assert (df[K.STATUS] == "ok").all() and (df[K.DIPOLE_DEBYE_STD] > 0).all()
+    assert (df[K.ALPHA_ISO_AU_STD] > 0).all()
+    assert (df[K.MODEL_ID] == summary["model_id"]).all()
+    assert summary["model_id"].startswith("ens-") and summary["n_members"] == 2
+    assert list(df[K.OOD]) == [False, True, False, False]  # ammonia: N not in training
+    assert summary["n_ood"] == 1
+    assert all(d[K.DIPOLE_DEBYE_STD] > 0 and K.ALPHA_ISO_AU_STD in d for d in summary["top"])
