@@ -65,6 +65,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from densnet_core import keys as K
+from densnet_core.level import LevelOfTheory
 from densnet_core.store import SCHEMA_VERSION, part_files, read_table, write_parquet_atomic
 
 __all__ = [
@@ -471,7 +472,9 @@ def label_view(
         lv = Path(src) / LEVEL_FILE
         if lv.is_file():
             levels[str(Path(src))] = json.loads(lv.read_text())
-    if len({json.dumps(v, sort_keys=True) for v in levels.values()}) > 1:
+    # compare levels, not their JSON: a store written before a field existed (e.g.
+    # ``polarizability``, default True) has the same level as one that spells it out
+    if len({LevelOfTheory(**v).hash for v in levels.values()}) > 1:
         raise ValueError(f"label stores at different levels of theory: {levels}")
     tmp = view.parent / f".{view.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir(parents=True)

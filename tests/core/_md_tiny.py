@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import pytest
 import torch
 
 from densnet_core.energy_model import DenSNetPotential, EnergyModel
 from densnet_core.level import DEFAULT_LEVEL
 from densnet_core.model import DensityModel
+from tests._torch_threads import one_torch_thread  # noqa: F401 - autouse fixture
 
 TINY_DENSITY = {
     "n_layers": 1,
@@ -62,13 +62,3 @@ def tiny_potential(
 
 #: water, Å (O first), shared by the MD test modules
 WATER_A = np.array([[0.0, 0.0, 0.119], [0.0, 0.763, -0.477], [0.0, -0.763, -0.477]])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread (restored afterwards): tiny models on a busy 2-core machine run ~10x
-    faster. Autouse in every module that imports it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -224,3 +224,27 @@ def test_label_view_leaves_out_excluded_molecules(tmp_path):
     assert sorted(got[K.NAME]) == ["ammonia", "formaldehyde", "methanol"]
     parts = list(view.glob("part-*.parquet"))
     assert len(parts) == 1 and not parts[0].is_symlink()  # the mixed part, filtered
+
+
+def test_label_view_compares_levels_not_their_json(tmp_path):
+    """A store whose level.json predates a field (``polarizability``, default True) joins a
+    store that spells it out; a store at another functional is refused."""
+    import json
+
+    from tests.core._tiny_labels import TINY_LEVEL, make_tiny_labels
+
+    old = make_tiny_labels(tmp_path / "old", n_conformers=1)
+    fields = TINY_LEVEL.model_dump()
+    fields.pop("polarizability")
+    (old / "level.json").write_text(json.dumps(fields))
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "level.json").write_text(json.dumps({**fields, "polarizability": True}))
+    assert label_view(tmp_path / "view", [old, new]).is_dir()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "level.json").write_text(json.dumps({**fields, "xc": "pbe0"}))
+    assert TINY_LEVEL.xc != "pbe0"
+    with pytest.raises(ValueError, match="different levels of theory"):
+        label_view(tmp_path / "view2", [old, other])

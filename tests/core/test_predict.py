@@ -34,6 +34,7 @@ from densnet_core.predict import (
     sibling_path,
 )
 from densnet_core.units import DEBYE_PER_AU
+from tests._torch_threads import one_torch_thread  # noqa: F401 - autouse fixture
 from tests.core._tiny_labels import conformer_rows
 
 ELEMENTS = [1, 6, 7, 8, 9, 16, 17]
@@ -45,15 +46,6 @@ def make_model_dir(path: Path, *, preset: str = "small", card: dict | None = Non
     model = DensityModel.for_aux_basis(DEFAULT_LEVEL.fit_auxbasis, ELEMENTS, preset=preset)
     save_model(model, path, level=DEFAULT_LEVEL, card=card or {"note": "test fixture"})
     return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread (what the CLI uses; 2 threads on a busy 2-core box are ~20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -27,18 +27,11 @@ from densnet_core.model import DensityModel
 from densnet_core.modelio import read_model_info, save_model
 from densnet_core.ood import ring_systems
 from densnet_core.predict import Predictor, predict_rows_parallel
+from tests._torch_threads import one_torch_thread  # noqa: F401 - autouse fixture
 from tests.core._tiny_labels import conformer_rows
 
 ELEMENTS = [1, 6, 7, 8, 9, 16, 17]  # what the networks can handle
 SCALE_D, SCALE_A = 2.0, 3.0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_ensemble_dir(path: Path, *, members: int = 3, thresholds: dict | None = None) -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from typer.testing import CliRunner
@@ -20,6 +19,7 @@ from densnet_core import keys as K
 from densnet_core import store
 from densnet_core.predict import Predictor
 from flows.screen import progress_listener, screen_flow
+from tests._torch_threads import one_torch_thread  # noqa: F401 - autouse fixture
 from tests.core.test_predict import make_model_dir
 
 MIXED = [
@@ -31,14 +31,6 @@ MIXED = [
     ("c1ccccc1O", "phenol"),
 ]
 EXPECTED = ["ok", "invalid_smiles", "unsupported_element", "ok", "unsupported_charge", "ok"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # the training domain the model card states: phenol (a new ring, 7 heavy atoms) is outside it
