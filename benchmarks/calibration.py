@@ -19,6 +19,7 @@ Usage::
 
     python -m benchmarks.calibration [--out runs/calibration-ensemble] [--members 3]
         [--epochs 60] [--preset small] [--val-fraction 0.2] [--threads 1]
+    python -m benchmarks.calibration --evaluate models/densnet-ensemble   # no training
 """
 
 from __future__ import annotations
@@ -27,6 +28,29 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+
+def evaluate_only(ensemble_dir: Path, heldout: str) -> None:
+    """Calibration figures of an existing ensemble on a held-out label store (raw and scaled σ).
+
+    The σ scale factors are the ones in the ensemble's manifest (fitted on its validation
+    molecules); molecules the ensemble trained on are left out of ``heldout``.
+    """
+    from densnet_core.calibration import format_report, load_labelled_set
+    from densnet_core.ensemble import calibrate_ensemble, load_ensemble
+
+    ens = load_ensemble(ensemble_dir)
+    held = load_labelled_set(
+        heldout,
+        level=ens.level,
+        exclude_mol_ids=ens.manifest["training_inchikeys"],
+        elements=ens.elements,
+    )
+    print(f"ensemble {ens.ensemble_id} ({len(ens.members)} members) on {heldout}")
+    print(f"    σ scale factors (manifest): {json.dumps(ens.manifest['calibration']['scale'])}")
+    for calibrated in (False, True):
+        figs = calibrate_ensemble(ens, held, calibrated=calibrated)["metrics"]
+        print(format_report(f"{heldout}, {'calibrated' if calibrated else 'raw'} σ", figs))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-bootstrap", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--evaluate",
+        metavar="ENSEMBLE_DIR",
+        help="no training: evaluate this (already trained and calibrated) ensemble on --heldout",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -52,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     from densnet_core.ensemble import load_ensemble, train_ensemble
     from densnet_core.ood import ood_reasons
 
+    if args.evaluate:
+        evaluate_only(Path(args.evaluate), args.heldout)
+        return
     out = Path(args.out)
     t0 = time.perf_counter()
 
