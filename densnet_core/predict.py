@@ -83,6 +83,7 @@ __all__ = [
     "status_counts",
     "tune_malloc_for_inference",
     "write_molecules_table",
+    "write_prediction_tables",
 ]
 
 #: extra columns of the predictions table (not in the declared schema)
@@ -773,6 +774,43 @@ SENT_COLUMNS = (
 )
 
 
+def write_prediction_tables(
+    rows: Sequence[Mapping[str, Any]],
+    output_path: str | os.PathLike[str],
+    n_conformers: int,
+) -> tuple[str, Any | None, str | None]:
+    """Write the predictions table and, with several conformers, the per-molecule table.
+
+    Parameters
+    ----------
+    rows
+        Prediction rows (one per conformer or failed record).
+    output_path
+        Predictions Parquet; the molecules table goes to :func:`sibling_path` ``"molecules"``.
+    n_conformers
+        Conformers per molecule asked for; > 1 adds the Boltzmann-averaged molecules table.
+
+    Returns
+    -------
+    tuple
+        ``(predictions path, molecules DataFrame or None, molecules path or None)``. Both
+        writes are atomic (:func:`densnet_core.store.write_table`).
+    """
+    from densnet_core import store
+
+    out = str(store.write_table(list(rows), output_path, "predictions"))
+    if n_conformers <= 1 or not rows:
+        return out, None, None
+    import pandas as pd
+
+    molecules = boltzmann_average(pd.DataFrame(list(rows)))
+    return (
+        out,
+        molecules,
+        str(write_molecules_table(molecules, sibling_path(output_path, "molecules"))),
+    )
+
+
 def tune_malloc_for_inference() -> bool:
     """Keep freed memory in the heap (glibc), so the network's big temporaries are reused.
 
@@ -1206,17 +1244,7 @@ def screen_file(
 
     # --- 3. tables --------------------------------------------------------------------------
     t0 = time.perf_counter()
-    from densnet_core import store
-
-    out = str(store.write_table(rows, output_path, "predictions"))
-    molecules_output: str | None = None
-    if n_conformers > 1 and rows:
-        import pandas as pd
-
-        molecules = boltzmann_average(pd.DataFrame(rows))
-        molecules_output = str(
-            write_molecules_table(molecules, sibling_path(output_path, "molecules"))
-        )
+    out, _, molecules_output = write_prediction_tables(rows, output_path, n_conformers)
     stage["write"] = time.perf_counter() - t0
     seconds = time.perf_counter() - start
     return {

@@ -42,18 +42,16 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from densnet_core import keys as K
-from densnet_core import store
 from densnet_core.inputs import InputFileError, detect_format
 from densnet_core.predict import (
     ALPHA_ANISO_AU,
-    boltzmann_average,
     model_identity,
     ood_count,
     read_conformer_rows,
     resolve_model_dir,
     sibling_path,
     status_counts,
-    write_molecules_table,
+    write_prediction_tables,
 )
 from flows.runners import tag_current_run
 from tasks.screen import failed_prediction_rows, predict_chunk
@@ -110,11 +108,6 @@ def conformer_table_rows(path: str | Path) -> list[dict[str, Any]]:
 
 
 @task(name="write-predictions", cache_policy=NO_CACHE, persist_result=False)
-def write_predictions(rows: list[dict[str, Any]], output_path: str) -> str:
-    """Write the predictions table atomically; returns its path."""
-    return str(store.write_table(rows, output_path, "predictions"))
-
-
 def _top_candidates(
     rows: list[dict[str, Any]], score: str, top_n: int, molecules: Any | None
 ) -> list[dict[str, Any]]:
@@ -315,16 +308,7 @@ def screen_flow(
 
     # --- 3. tables -------------------------------------------------------------------------
     t0 = time.perf_counter()
-    out = write_predictions(rows, output_path)
-    molecules = None
-    molecules_output: str | None = None
-    if n_conformers > 1 and rows:
-        import pandas as pd
-
-        molecules = boltzmann_average(pd.DataFrame(rows))
-        molecules_output = str(
-            write_molecules_table(molecules, sibling_path(output_path, "molecules"))
-        )
+    out, molecules, molecules_output = write_prediction_tables(rows, output_path, n_conformers)
     stage["write"] = time.perf_counter() - t0
 
     seconds = time.perf_counter() - start
