@@ -316,6 +316,30 @@ def _failure_causes(params: rdDistGeom.EmbedParameters) -> list[tuple[int, str]]
     )
 
 
+#: RDKit's macrocycle torsion patterns match ring atoms of rings with >= 9 atoms (``r{9-}``);
+#: molecules whose rings are all smaller than this get the macrocycle options switched off
+#: (identical coordinates, less set-up; see :func:`etkdg_v3_params`)
+MACROCYCLE_MIN_RING = 8
+
+
+def etkdg_v3_params(mol: Chem.Mol, seed: int) -> rdDistGeom.EmbedParameters:
+    """ETKDGv3 parameters for ``mol``: fixed seed, one thread.
+
+    For molecules without a ring of :data:`MACROCYCLE_MIN_RING` or more atoms the macrocycle
+    options (``useMacrocycleTorsions``, ``useMacrocycle14config``) are turned off: they only
+    act on macrocycles, but looking for macrocycle torsion patterns costs ~2 ms per drug-like
+    molecule (600 ChEMBL-series and NCI molecules: identical coordinates, ETKDG 14.3 → 12.1 ms
+    per molecule).
+    """
+    params = rdDistGeom.ETKDGv3()
+    params.randomSeed = int(seed)
+    params.numThreads = 1
+    if all(len(ring) < MACROCYCLE_MIN_RING for ring in Chem.GetSymmSSSR(mol)):
+        params.useMacrocycleTorsions = False
+        params.useMacrocycle14config = False
+    return params
+
+
 def _embed(
     mol_h: Chem.Mol, n_embed: int, seed: int, *, fallback: bool = True
 ) -> tuple[list[int], str]:
@@ -324,9 +348,7 @@ def _embed(
     The fallback is skipped when many attempts failed on the chirality checks: random
     starting coordinates do not make an impossible stereoisomer possible (and take long).
     """
-    params = rdDistGeom.ETKDGv3()
-    params.randomSeed = int(seed)
-    params.numThreads = 1
+    params = etkdg_v3_params(mol_h, seed)
     params.clearConfs = True
     params.trackFailures = fallback
     cids = list(rdDistGeom.EmbedMultipleConfs(mol_h, n_embed, params))
@@ -335,9 +357,7 @@ def _embed(
     causes = _failure_causes(params)
     chiral = sum(c for c, name in causes if name in _CHIRAL_CHECKS)
     if not causes or chiral < 0.25 * sum(c for c, _ in causes):
-        params = rdDistGeom.ETKDGv3()
-        params.randomSeed = int(seed)
-        params.numThreads = 1
+        params = etkdg_v3_params(mol_h, seed)
         params.useRandomCoords = True
         params.trackFailures = True
         cids = list(rdDistGeom.EmbedMultipleConfs(mol_h, n_embed, params))

@@ -403,3 +403,30 @@ def test_conformers_table_writes_every_record(tmp_path: Path) -> None:
     assert df.loc[2, K.CHARGE] == -1 and df.loc[3, K.MULTIPLICITY] == 2
     assert df.loc[6, K.STEREO_NOTE].startswith("1 unassigned stereocentre")
     assert list(df[FF_CONVERGED]) == [True, None, True, True, None, None, True]
+
+
+def test_etkdg_params_skip_macrocycle_terms_only_without_large_rings() -> None:
+    """Switching the macrocycle options off changes nothing for ordinary molecules."""
+    from rdkit.Chem import rdDistGeom
+
+    from densnet_core.conformers import etkdg_v3_params
+
+    for smiles in ["CC(=O)Nc1ccc(O)cc1", "C1CCC2(CC1)OCCO2", "O=C1CCCCCN1", "Clc1ccc2[nH]ccc2c1"]:
+        mol = Chem.MolFromSmiles(smiles)
+        params = etkdg_v3_params(mol, 7)
+        assert not params.useMacrocycleTorsions and not params.useMacrocycle14config
+        plain = rdDistGeom.ETKDGv3()
+        plain.randomSeed = 7
+        plain.numThreads = 1
+        a, b = Chem.Mol(mol), Chem.Mol(mol)
+        assert rdDistGeom.EmbedMolecule(a, params) == 0
+        assert rdDistGeom.EmbedMolecule(b, plain) == 0
+        np.testing.assert_array_equal(
+            a.GetConformer().GetPositions(), b.GetConformer().GetPositions()
+        )
+    # an 8-membered ring and a 14-membered macrocyclic lactone keep ETKDGv3's options
+    for smiles in ["C1CCCCCCC1", "O=C1CCCCCCCCCCCCO1"]:
+        params = etkdg_v3_params(Chem.MolFromSmiles(smiles), 7)
+        assert params.useMacrocycleTorsions and params.useMacrocycle14config
+        params = etkdg_v3_params(Chem.MolFromSmiles(smiles, sanitize=False), 7)
+        assert params.useMacrocycleTorsions and params.useMacrocycle14config
