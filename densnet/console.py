@@ -1,10 +1,17 @@
-"""Terminal output shared by the commands: errors without tracebacks, status summaries."""
+"""Terminal output shared by the commands: errors without tracebacks, status summaries,
+progress bars."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -13,6 +20,19 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
+
+
+def check_table_paths(input_path: Path, output: Path) -> None:
+    """Exit with an error (:func:`fail`) unless ``input_path`` is an input file the pipeline
+    reads (:func:`densnet_core.inputs.detect_format`) and ``output`` is not a folder."""
+    from densnet_core.inputs import InputFileError, detect_format
+
+    try:
+        detect_format(input_path)
+    except InputFileError as exc:
+        raise fail(str(exc)) from None
+    if output.exists() and output.is_dir():
+        raise fail(f"output {output} is a folder; give a .parquet file path")
 
 
 def say(message: str) -> None:
@@ -25,3 +45,41 @@ def say(message: str) -> None:
 def status_line(counts: Mapping[str, int]) -> str:
     """``"status: ok 12, invalid_smiles 1"``."""
     return "status: " + ", ".join(f"{s} {n}" for s, n in counts.items())
+
+
+def transient_progress(
+    console: Console, label: str, *, rate: bool = True, auto_refresh: bool = True
+) -> Progress:
+    """The commands' progress bar: ``label``, bar, done/total, [rate], elapsed time, ETA.
+
+    Parameters
+    ----------
+    console
+        Where the bar is drawn (the stderr console of the command).
+    label
+        Text of the first column, a ``rich`` format string (e.g. ``"{task.description:>10}"``).
+    rate
+        Add a column showing the task field ``rate`` (tasks must be added with ``rate=...``).
+    auto_refresh
+        Refresh from a thread; False when workers are forked while the bar is shown (the
+        caller then calls ``refresh()``).
+
+    Returns
+    -------
+    rich.progress.Progress
+        Transient (erased when its ``with`` block ends); use it as a context manager.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
+    if rate:
+        columns.append(TextColumn("{task.fields[rate]}"))
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=True, auto_refresh=auto_refresh)

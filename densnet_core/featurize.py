@@ -299,12 +299,8 @@ def featurize(
 
     Parameters
     ----------
-    numbers
-        (N,) atomic numbers.
-    positions_bohr
-        (N, 3) bohr.
-    charge
-        Total charge, e.
+    numbers, positions_bohr, charge
+        As in :meth:`Featurizer.__call__`.
     level
         Level of theory (aux basis and SAD prior).
 

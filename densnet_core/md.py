@@ -52,13 +52,17 @@ from densnet_core.store import atomic_file, write_parquet_atomic
 from densnet_core.units import BOHR_PER_ANGSTROM
 
 __all__ = [
+    "MIN_IR_SAMPLES",
     "TIMESERIES_FILE",
     "TRAJECTORY_FILE",
     "MDSettings",
     "MDUnstableError",
+    "RelaxationError",
+    "ir_of_run",
     "read_checkpoint_state",
     "read_structure",
     "read_timeseries",
+    "relax_on_model",
     "resume_step",
     "run_md",
 ]
@@ -68,6 +72,12 @@ TIMESERIES_FILE = "timeseries.parquet"
 CHECKPOINT_NPZ = "checkpoint.npz"
 CHECKPOINT_JSON = "checkpoint.json"
 SUMMARY_FILE = "summary.json"
+#: BFGS relaxation of the start geometry on the model: fmax (eV/Å), steps, failure threshold
+RELAX_FMAX_EV_PER_A = 0.05
+RELAX_MAX_STEPS = 300
+RELAX_FAIL_FORCE_EV_PER_A = 50.0
+#: fewest production samples an IR spectrum is computed from
+MIN_IR_SAMPLES = 64
 TIMESERIES_SCHEMA = pa.schema(
     [
         ("step", pa.int64()),
@@ -85,6 +95,10 @@ TIMESERIES_SCHEMA = pa.schema(
 
 class MDUnstableError(RuntimeError):
     """The trajectory blew up (non-finite energy or forces, or a runaway temperature)."""
+
+
+class RelaxationError(RuntimeError):
+    """Relaxing the start geometry on the model blew up (forces not finite or too large)."""
 
 
 @dataclass(frozen=True)
@@ -486,4 +500,179 @@ def _summary(rows: list[Mapping[str, Any]], s: MDSettings, n_atoms: int) -> dict
         "nve_total_energy_range_ev": float(np.ptp(e)),
         "mean_temperature_K": float(np.mean([r["temperature_K"] for r in prod])),
         "n_production_samples": len(prod),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Before and after a run: relaxing the start geometry, the IR spectrum
+# ------------------------------------------------------------------------------------------
+def relax_on_model(atoms: Any, calc: Any) -> dict[str, Any]:
+    """Relax ``atoms`` on ``calc`` with ASE's BFGS; updates its positions in place.
+
+    BFGS runs on a copy (``atoms.calc`` is left as it is) to :data:`RELAX_FMAX_EV_PER_A`,
+    at most :data:`RELAX_MAX_STEPS` steps.
+
+    Parameters
+    ----------
+    atoms
+        ``ase.Atoms``, Å.
+    calc
+        ASE calculator with a ``model_id``
+        (:class:`~densnet_core.calculator.DenSNetCalculator`).
+
+    Returns
+    -------
+    dict
+        ``relax_steps`` (BFGS steps), ``relax_fmax_ev_per_angstrom`` (largest force component
+        at the end, eV/Å), ``relax_converged``.
+
+    Raises
+    ------
+    RelaxationError
+        Forces not finite or above :data:`RELAX_FAIL_FORCE_EV_PER_A` at the end: the model is
+        not usable for this molecule.
+    """
+    from ase.optimize import BFGS
+
+    work = atoms.copy()
+    work.calc = calc
+    opt = BFGS(work, logfile=None)
+    converged = bool(opt.run(fmax=RELAX_FMAX_EV_PER_A, steps=RELAX_MAX_STEPS))
+    forces = work.get_forces()
+    fmax = float(np.abs(forces).max())
+    if not np.isfinite(forces).all() or fmax > RELAX_FAIL_FORCE_EV_PER_A:
+        raise RelaxationError(
+            f"relaxing the start geometry on the model failed (forces {fmax:.3g} eV/Å after "
+            f"{opt.nsteps} BFGS steps): the model {calc.model_id} is not usable for this "
+            "molecule"
+        )
+    atoms.set_positions(work.get_positions())
+    return {
+        "relax_steps": int(opt.nsteps),
+        "relax_fmax_ev_per_angstrom": fmax,
+        "relax_converged": converged,
+    }
+
+
+#: file in an MD output folder caching the PySCF harmonic reference (minutes to compute)
+REFERENCE_FILE = "ir_reference.json"
+
+
+def harmonic_reference_cached(
+    out_dir: str | os.PathLike[str], atoms: Any, say: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """The PySCF harmonic IR spectrum of ``atoms``, computed once and kept in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir
+        The MD output folder (``ir_reference.json`` is read from / written to it).
+    atoms
+        ``ase.Atoms`` of the starting geometry (Å); the charge is the sum of its initial
+        charges (as :func:`read_structure` sets them).
+    say
+        Called with status lines.
+
+    Returns
+    -------
+    dict
+        ``numbers``, ``frequencies_cm1``, ``intensities_km_mol``, ``positions_angstrom`` (the
+        PySCF-optimised geometry), ``energy_hartree``, ``charge`` and ``label``.
+    """
+    from densnet_core.ir import harmonic_ir_pyscf
+
+    say = say or (lambda msg: None)
+    path = Path(out_dir) / REFERENCE_FILE
+    numbers = [int(z) for z in atoms.get_atomic_numbers()]
+    charge = round(float(atoms.get_initial_charges().sum()))
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("numbers") == numbers and cached.get("charge", 0) == charge:
+            say(f"PySCF harmonic reference from {path}")
+            return {**cached, "label": "PySCF harmonic"}
+    say("PySCF harmonic reference (optimisation, Hessian, dipole derivatives)...")
+    h = harmonic_ir_pyscf(numbers, atoms.get_positions(), charge=charge, progress=say)
+    ref = {
+        "numbers": numbers,
+        "charge": charge,
+        "frequencies_cm1": [float(x) for x in h["frequencies_cm1"]],
+        "intensities_km_mol": [float(x) for x in h["intensities_km_mol"]],
+        "positions_angstrom": np.asarray(h["positions_angstrom"]).tolist(),
+        "energy_hartree": float(h["energy_hartree"]),
+    }
+    with atomic_file(path) as fh:
+        fh.write((json.dumps(ref, indent=1) + "\n").encode())
+    return {**ref, "label": "PySCF harmonic"}
+
+
+def ir_of_run(
+    out_dir: str | os.PathLike[str],
+    settings: MDSettings,
+    *,
+    formula: str,
+    reference: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """IR spectrum of the production run in ``out_dir`` (:func:`densnet_core.ir.ir_spectrum`
+    of the dipole series), written with :func:`densnet_core.ir.write_ir`.
+
+    Parameters
+    ----------
+    out_dir
+        The run's output folder (reads ``timeseries.parquet``; writes ``ir_spectrum.parquet``,
+        ``ir_peaks.parquet`` and ``ir_spectrum.png``).
+    settings
+        The run's settings (time step, fs; temperature, K).
+    formula
+        Chemical formula for the plot's title.
+    reference
+        Called (only when the spectrum is computed) for a harmonic reference to draw on the
+        same axes: a dict with ``frequencies_cm1``, ``intensities_km_mol`` and ``label``.
+
+    Returns
+    -------
+    dict
+        ``computed`` and ``n_samples``; when ``computed`` is False (fewer than
+        :data:`MIN_IR_SAMPLES` production samples) a ``reason``, else ``spectrum``,
+        ``peaks_file``, ``png`` (paths) and ``peaks``: a list of ``{"wavenumber_cm1",
+        "intensity"}`` with ``nearest_harmonic_cm1`` when there is a reference.
+    """
+    from densnet_core.ir import ir_spectrum, write_ir
+
+    ts = read_timeseries(out_dir)
+    prod = ts[ts["phase"] == "production"]
+    if len(prod) < MIN_IR_SAMPLES:
+        reason = (
+            f"too few production samples for an IR spectrum ({len(prod)}, need >= {MIN_IR_SAMPLES})"
+        )
+        return {"computed": False, "reason": reason, "n_samples": len(prod)}
+    dip = np.stack(prod["dipole_au"].to_numpy())
+    dt = settings.timestep_fs * float(np.median(np.diff(prod["step"].to_numpy())))
+    wn, inten = ir_spectrum(dip, timestep_fs=dt, temperature_K=settings.temperature_K)
+    ref = None if reference is None else reference()
+    res = write_ir(
+        out_dir,
+        wn,
+        inten,
+        title=f"IR of {formula} from DenSNet MD at {settings.temperature_K:.0f} K",
+        reference=ref,
+    )
+    peaks = [
+        {"wavenumber_cm1": float(w), "intensity": float(i)}
+        for w, i in zip(res["peaks"]["wavenumber_cm1"], res["peaks"]["intensity"], strict=True)
+    ]
+    if ref is not None:
+        harmonic = np.asarray([f for f in ref["frequencies_cm1"] if f > 0], dtype=float)
+        for p in peaks:
+            p["nearest_harmonic_cm1"] = (
+                float(harmonic[np.argmin(np.abs(harmonic - p["wavenumber_cm1"]))])
+                if harmonic.size
+                else None
+            )
+    return {
+        "computed": True,
+        "n_samples": len(prod),
+        "spectrum": res["spectrum"],
+        "peaks_file": res["peaks_file"],
+        "png": res["png"],
+        "peaks": peaks,
     }

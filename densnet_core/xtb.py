@@ -109,14 +109,10 @@ def xtb_dipole_au(
 
     Parameters
     ----------
-    numbers
-        (N,) atomic numbers.
-    positions_bohr
-        (N, 3) Cartesian coordinates, bohr.
-    charge
-        Total charge, e.
-    multiplicity
-        2S + 1 (tblite's ``uhf = multiplicity - 1`` unpaired electrons).
+    numbers, positions_bohr
+        (N,) atomic numbers and (N, 3) Cartesian coordinates, bohr.
+    charge, multiplicity
+        Total charge, e, and 2S + 1 (tblite's ``uhf = multiplicity - 1`` unpaired electrons).
     method
         ``"GFN2-xTB"`` (default), ``"GFN1-xTB"`` or ``"IPEA1-xTB"``.
     field_au
@@ -166,20 +162,10 @@ def xtb_polarizability_au(
 
     Parameters
     ----------
-    numbers
-        (N,) atomic numbers.
-    positions_bohr
-        (N, 3) Cartesian coordinates, bohr.
-    charge
-        Total charge, e.
-    multiplicity
-        2S + 1.
-    method
-        tblite method name.
+    numbers, positions_bohr, charge, multiplicity, method, accuracy
+        As in :func:`xtb_dipole_au`.
     field_au
         Field step h, hartree/(e·bohr).
-    accuracy
-        tblite's numerical accuracy.
 
     Returns
     -------

@@ -18,30 +18,30 @@ The calculator is loaded once per process (:func:`get_calculator`), not once per
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from densnet_core.md import MDSettings, read_checkpoint_state, read_structure, run_md
+from densnet_core.md import (
+    MIN_IR_SAMPLES,
+    REFERENCE_FILE,
+    MDSettings,
+    harmonic_reference_cached,
+    ir_of_run,
+    read_checkpoint_state,
+    read_structure,
+    relax_on_model,
+    run_md,
+)
 from densnet_core.store import atomic_file
 
 #: the structure the run starts from (after relaxation), extended XYZ, Å
 START_FILE = "start.xyz"
-#: the PySCF harmonic reference of a run (frequencies cm^-1, intensities km/mol)
-REFERENCE_FILE = "ir_reference.json"
-#: fewest production samples an IR spectrum is computed from
-MIN_IR_SAMPLES = 64
-#: BFGS relaxation of the start geometry on the model: fmax (eV/Å), steps, failure threshold
-RELAX_FMAX_EV_PER_A = 0.05
-RELAX_MAX_STEPS = 300
-RELAX_FAIL_FORCE_EV_PER_A = 50.0
 
 _LOCK = threading.Lock()
 
@@ -135,8 +135,9 @@ def prepare_structure(
     ------
     ValueError
         Unreadable input, or elements the model does not cover.
-    RuntimeError
-        The relaxation on the model blew up (forces above 50 eV/Å or not finite).
+    densnet_core.md.RelaxationError
+        The relaxation on the model blew up (forces above 50 eV/Å or not finite; a
+        ``RuntimeError``).
     """
     import ase.io
 
@@ -160,31 +161,12 @@ def prepare_structure(
         "relax_converged": None,
     }
     if optimize and not resuming:
-        from ase.optimize import BFGS
-
-        work = atoms.copy()
-        work.calc = calc
-        opt = BFGS(work, logfile=None)
-        converged = bool(opt.run(fmax=RELAX_FMAX_EV_PER_A, steps=RELAX_MAX_STEPS))
-        forces = work.get_forces()
-        fmax = float(np.abs(forces).max())
-        if not np.isfinite(forces).all() or fmax > RELAX_FAIL_FORCE_EV_PER_A:
-            raise RuntimeError(
-                f"relaxing the start geometry on the model failed (forces {fmax:.3g} eV/Å after "
-                f"{opt.nsteps} BFGS steps): the model {calc.model_id} is not usable for this "
-                "molecule"
-            )
-        atoms.set_positions(work.get_positions())
-        info = {
-            "relax_steps": int(opt.nsteps),
-            "relax_fmax_ev_per_angstrom": fmax,
-            "relax_converged": converged,
-        }
+        info = relax_on_model(atoms, calc)
         logger.info(
             "relaxed on the model: %d BFGS steps, fmax %.3f eV/Å%s",
-            opt.nsteps,
-            fmax,
-            "" if converged else " (not converged)",
+            info["relax_steps"],
+            info["relax_fmax_ev_per_angstrom"],
+            "" if info["relax_converged"] else " (not converged)",
         )
     if not (resuming and start_path.is_file()):
         _write_start(atoms, start_path)
@@ -263,34 +245,6 @@ def run_md_segment(
     return summary
 
 
-def _reference(out: Path, start_path: str, charge: int, logger: Any) -> dict[str, Any]:
-    """The PySCF harmonic reference of ``start.xyz``, computed once and kept in ``out``."""
-    import ase.io
-
-    from densnet_core.ir import harmonic_ir_pyscf
-
-    atoms = ase.io.read(start_path, index=0)
-    path = out / REFERENCE_FILE
-    numbers = [int(z) for z in atoms.get_atomic_numbers()]
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("numbers") == numbers:
-            logger.info("PySCF harmonic reference from %s", path)
-            return cached
-    logger.info("PySCF harmonic reference (optimisation, Hessian, dipole derivatives)...")
-    h = harmonic_ir_pyscf(numbers, atoms.get_positions(), charge=charge, progress=logger.info)
-    ref = {
-        "numbers": numbers,
-        "frequencies_cm1": [float(x) for x in h["frequencies_cm1"]],
-        "intensities_km_mol": [float(x) for x in h["intensities_km_mol"]],
-        "positions_angstrom": np.asarray(h["positions_angstrom"]).tolist(),
-        "energy_hartree": float(h["energy_hartree"]),
-    }
-    with atomic_file(path) as fh:
-        fh.write((json.dumps(ref, indent=1) + "\n").encode())
-    return ref
-
-
 @task(name="md-ir-spectrum", cache_policy=NO_CACHE, persist_result=False)
 def compute_ir(
     out_dir: str,
@@ -324,58 +278,25 @@ def compute_ir(
     """
     import ase.io
 
-    from densnet_core.ir import ir_spectrum, write_ir
-    from densnet_core.md import read_timeseries
-
     logger = get_run_logger()
-    s = MDSettings(**settings)
     out = Path(out_dir)
-    ts = read_timeseries(out)
-    prod = ts[ts["phase"] == "production"]
-    if len(prod) < MIN_IR_SAMPLES:
-        reason = (
-            f"too few production samples for an IR spectrum ({len(prod)}, need >= {MIN_IR_SAMPLES})"
-        )
-        logger.info(reason)
-        return {"computed": False, "reason": reason, "n_samples": len(prod)}
-    dip = np.stack(prod["dipole_au"].to_numpy())
-    dt = s.timestep_fs * float(np.median(np.diff(prod["step"].to_numpy())))
-    wn, inten = ir_spectrum(dip, timestep_fs=dt, temperature_K=s.temperature_K)
     start = ase.io.read(start_path, index=0)
-    ref = None
-    if reference:
-        charge = round(float(start.get_initial_charges().sum()))
-        ref = {**_reference(out, start_path, charge, logger), "label": "PySCF harmonic"}
-    formula = start.get_chemical_formula()
-    res = write_ir(
+
+    res = ir_of_run(
         out,
-        wn,
-        inten,
-        title=f"IR of {formula} from DenSNet MD at {s.temperature_K:.0f} K",
-        reference=ref,
+        MDSettings(**settings),
+        formula=start.get_chemical_formula(),
+        reference=(lambda: harmonic_reference_cached(out, start, logger.info))
+        if reference
+        else None,
     )
-    peaks = [
-        {"wavenumber_cm1": float(w), "intensity": float(i)}
-        for w, i in zip(res["peaks"]["wavenumber_cm1"], res["peaks"]["intensity"], strict=True)
-    ]
-    if ref is not None:
-        harmonic = np.asarray([f for f in ref["frequencies_cm1"] if f > 0], dtype=float)
-        for p in peaks:
-            p["nearest_harmonic_cm1"] = (
-                float(harmonic[np.argmin(np.abs(harmonic - p["wavenumber_cm1"]))])
-                if harmonic.size
-                else None
-            )
-    logger.info("IR peaks (cm-1): %s", ", ".join(f"{p['wavenumber_cm1']:.0f}" for p in peaks))
-    return {
-        "computed": True,
-        "n_samples": len(prod),
-        "spectrum": res["spectrum"],
-        "peaks_file": res["peaks_file"],
-        "png": res["png"],
-        "peaks": peaks,
-        "reference_file": str(out / REFERENCE_FILE) if ref is not None else None,
-    }
+    if not res["computed"]:
+        logger.info(res["reason"])
+        return res
+    logger.info(
+        "IR peaks (cm-1): %s", ", ".join(f"{p['wavenumber_cm1']:.0f}" for p in res["peaks"])
+    )
+    return {**res, "reference_file": str(out / REFERENCE_FILE) if reference else None}
 
 
 __all__ = [

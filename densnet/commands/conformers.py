@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from densnet.console import fail
+from densnet.console import check_table_paths, fail, transient_progress
 
 DEFAULT_ELEMENTS_TEXT = "H,C,N,O,F,P,S,Cl,Br"
 DEFAULT_MMFF_MAX_ITERS = 1000  # = densnet_core.conformers.DEFAULT_MMFF_MAX_ITERS (no RDKit here)
@@ -104,14 +104,7 @@ def conformers(
     console = Console(stderr=True)
     out_console = Console()
 
-    from densnet_core.inputs import InputFileError, detect_format
-
-    try:
-        detect_format(input_path)
-    except InputFileError as exc:
-        raise fail(str(exc)) from None
-    if output.exists() and output.is_dir():
-        raise fail(f"output {output} is a folder; give a .parquet file path")
+    check_table_paths(input_path, output)
 
     from densnet_core.settings import get_settings
 
@@ -177,25 +170,7 @@ def _progress_bar(console: Any, t0: float) -> Iterator[ProgressFn | None]:
     if not console.is_terminal:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("conformers"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with transient_progress(console, "conformers") as bar:
         task_id = bar.add_task("conformers", total=None, rate="")
 
         def update(done: int, total: int) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from densnet.console import fail, say
+from densnet.console import fail, say, transient_progress
 
 
 def md(
@@ -86,7 +86,6 @@ def md(
         )
         say(f"done in {time.perf_counter() - t0:.0f} s")
         return
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
@@ -95,7 +94,11 @@ def md(
         CHECKPOINT_JSON,
         MDSettings,
         MDUnstableError,
+        RelaxationError,
+        harmonic_reference_cached,
+        ir_of_run,
         read_structure,
+        relax_on_model,
         run_md,
     )
 
@@ -115,21 +118,14 @@ def md(
     say(f"{atoms.get_chemical_formula()} ({len(atoms)} atoms), model {calc.model_id}")
     resuming = (output / CHECKPOINT_JSON).is_file()
     if optimize and not resuming:
-        from ase.optimize import BFGS
-
-        atoms.calc = calc
-        opt = BFGS(atoms, logfile=None)
-        converged = opt.run(fmax=0.05, steps=300)
-        if not np.isfinite(atoms.get_forces()).all() or abs(atoms.get_forces()).max() > 50.0:
-            raise fail(
-                "relaxing the start geometry on the model failed (forces "
-                f"{abs(atoms.get_forces()).max():.3g} eV/Å after {opt.nsteps} BFGS steps): the "
-                f"model {calc.model_id} is not usable for this molecule",
-                code=1,
-            )
+        try:
+            relax = relax_on_model(atoms, calc)
+        except RelaxationError as exc:
+            raise fail(str(exc), code=1) from None
         say(
-            f"relaxed on the model: {opt.nsteps} BFGS steps, fmax "
-            f"{abs(atoms.get_forces()).max():.3f} eV/Å{'' if converged else ' (not converged)'}"
+            f"relaxed on the model: {relax['relax_steps']} BFGS steps, fmax "
+            f"{relax['relax_fmax_ev_per_angstrom']:.3f} eV/Å"
+            f"{'' if relax['relax_converged'] else ' (not converged)'}"
         )
     settings = MDSettings(
         temperature_K=temperature_k,
@@ -156,35 +152,17 @@ def md(
     say(f"trajectory: {summary['trajectory']}")
     say(f"time series: {summary['timeseries']}")
     if ir:
-        from densnet_core.ir import harmonic_ir_pyscf, ir_spectrum, write_ir
-        from densnet_core.md import read_timeseries
-
-        ts = read_timeseries(output)
-        prod = ts[ts["phase"] == "production"]
-        if len(prod) < 64:
-            say("too few production samples for an IR spectrum (need >= 64)")
-        else:
-            dip = np.stack(prod["dipole_au"].to_numpy())
-            dt = timestep_fs * float(np.median(np.diff(prod["step"].to_numpy())))
-            wn, inten = ir_spectrum(dip, timestep_fs=dt, temperature_K=temperature_k)
-            ref = None
-            if reference:
-                say("PySCF harmonic reference (optimisation, Hessian, dipole derivatives)...")
-                h = harmonic_ir_pyscf(
-                    atoms.get_atomic_numbers(), atoms.get_positions(), progress=say
-                )
-                ref = {**h, "label": "PySCF harmonic"}
-            out = write_ir(
-                output,
-                wn,
-                inten,
-                title=f"IR of {atoms.get_chemical_formula()} from DenSNet MD at "
-                f"{temperature_k:.0f} K",
-                reference=ref,
-            )
-            peaks = ", ".join(f"{w:.0f}" for w in out["peaks"]["wavenumber_cm1"])
-            say(f"IR peaks (cm-1): {peaks}")
-            say(f"IR spectrum: {out['spectrum']}  plot: {out['png']}")
+        res = ir_of_run(
+            output,
+            settings,
+            formula=atoms.get_chemical_formula(),
+            reference=(lambda: harmonic_reference_cached(output, atoms, say))
+            if reference
+            else None,
+        )
+        _say_ir(res)
+        if res["computed"]:
+            say(f"IR spectrum: {res['spectrum']}  plot: {res['png']}")
     say(f"done in {time.perf_counter() - t0:.0f} s")
 
 
@@ -220,10 +198,15 @@ def _run_flow(params: dict[str, Any]) -> None:
     )
     for name, path in s["files"].items():
         say(f"{name}: {path}")
-    ir = s.get("ir")
-    if ir and ir.get("computed"):
+    if s.get("ir"):
+        _say_ir(s["ir"])
+
+
+def _say_ir(ir: dict[str, Any]) -> None:
+    """The IR peaks of :func:`densnet_core.md.ir_of_run`'s result, or why there are none."""
+    if ir.get("computed"):
         say("IR peaks (cm-1): " + ", ".join(f"{p['wavenumber_cm1']:.0f}" for p in ir["peaks"]))
-    elif ir:
+    else:
         say(str(ir.get("reason")))
 
 
@@ -233,24 +216,7 @@ def _run_with_progress(run_md, atoms, calc, output, settings):
     console = Console(stderr=True)
     if not console.is_terminal:
         return run_md(atoms, calc, output, settings=settings)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description:>13}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with transient_progress(console, "{task.description:>13}", rate=False) as bar:
         task = bar.add_task("md", total=settings.equilibration_steps + settings.steps)
 
         def update(done: int, total: int, phase: str) -> None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from densnet.console import fail, say, status_line
+from densnet.console import check_table_paths, fail, say, status_line, transient_progress
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -98,14 +99,7 @@ def predict(
     outcomes.
     """
     t0 = time.perf_counter()
-    from densnet_core.inputs import InputFileError, detect_format
-
-    try:
-        detect_format(input_path)
-    except InputFileError as exc:
-        raise fail(str(exc)) from None
-    if output.exists() and output.is_dir():
-        raise fail(f"output {output} is a folder; give a .parquet file path")
+    check_table_paths(input_path, output)
 
     from densnet_core.predict import ModelNotFoundError, resolve_model_dir
 
@@ -116,15 +110,11 @@ def predict(
 
     use_prefect = prefect or dask_address is not None
     with _progress_bar() as update:
+        job = _Job(input_path, output, model_dir, n_conformers, workers, threads, batch_size)
         if use_prefect:
-            summary = _run_flow(
-                input_path, output, model_dir, n_conformers, workers, threads, batch_size,
-                dask_address, top_n, update,
-            )  # fmt: skip
+            summary = _run_flow(job, dask_address, top_n, update)
         else:
-            summary = _run_local(
-                input_path, output, model_dir, n_conformers, workers, threads, batch_size, update
-            )
+            summary = _run_local(job, update)
 
     seconds = time.perf_counter() - t0
     n, n_rows = summary["n_records"], summary["n_rows"]
@@ -156,16 +146,25 @@ def predict(
     say(f'open it: pandas.read_parquet("{summary["output"]}")')
 
 
-def _run_local(
-    input_path: Path,
-    output: Path,
-    model_dir: Path,
-    n_conformers: int,
-    workers: int | None,
-    threads: int,
-    batch_size: int,
-    update: ProgressFn | None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Job:
+    """What both paths (library and Prefect flow) are asked to do."""
+
+    input_path: Path
+    output: Path
+    model_dir: Path
+    n_conformers: int
+    workers: int | None
+    threads: int
+    batch_size: int
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of both paths: ``model_dir``, ``n_conformers``, ``workers``,
+        ``threads``, ``batch_size``."""
+        return {k: v for k, v in asdict(self).items() if k not in ("input_path", "output")}
+
+
+def _run_local(job: _Job, update: ProgressFn | None) -> dict[str, Any]:
     """The library path (:func:`densnet_core.predict.screen_file`); Prefect is never imported."""
     import gc
 
@@ -179,17 +178,13 @@ def _run_local(
     tune_malloc_for_inference()  # a short-lived process: keep big tensors' pages (~20 % CPU)
     import torch
 
-    torch.set_num_threads(threads)  # before any op; forked workers run 1 thread each
+    torch.set_num_threads(job.threads)  # before any op; forked workers run 1 thread each
     import_e3nn_without_dynamo()
     try:
         return screen_file(
-            input_path,
-            output,
-            model_dir=model_dir,
-            n_conformers=n_conformers,
-            workers=workers,
-            threads=threads,
-            batch_size=batch_size,
+            job.input_path,
+            job.output,
+            **job.options(),
             on_progress=update,
             freeze_gc=True,  # re-enables the collector once the model is loaded
         )
@@ -198,16 +193,7 @@ def _run_local(
 
 
 def _run_flow(
-    input_path: Path,
-    output: Path,
-    model_dir: Path,
-    n_conformers: int,
-    workers: int | None,
-    threads: int,
-    batch_size: int,
-    dask_address: str | None,
-    top_n: int,
-    update: ProgressFn | None,
+    job: _Job, dask_address: str | None, top_n: int, update: ProgressFn | None
 ) -> dict[str, Any]:
     """The Prefect path: ``flows.screen.screen_flow`` on the (temporary) server."""
     from densnet.prefect_env import configure_for_cli, start_server_early
@@ -218,11 +204,11 @@ def _run_flow(
     # torch threads: set once here, before any model is loaded
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(job.threads)
     from flows.runners import task_runner
     from flows.screen import progress_listener, screen_flow
 
-    pred_workers = 1 if workers is None else workers
+    pred_workers = 1 if job.workers is None else job.workers
     flow_fn = screen_flow
     if pred_workers > 1 or dask_address:
         flow_fn = screen_flow.with_options(
@@ -232,22 +218,19 @@ def _run_flow(
         from tasks.screen import get_predictor
 
         try:
-            get_predictor(str(model_dir), batch_size=batch_size, threads=threads)
+            get_predictor(str(job.model_dir), batch_size=job.batch_size, threads=job.threads)
         except Exception as exc:
-            raise fail(f"cannot load the model at {model_dir}: {exc}") from None
+            raise fail(f"cannot load the model at {job.model_dir}: {exc}") from None
     if boot is not None:
         boot.join()
 
     kwargs: dict[str, Any] = {
-        "input_path": str(input_path),
-        "output_path": str(output),
-        "model_dir": str(model_dir),
-        "n_conformers": n_conformers,
-        "workers": workers,
-        "batch_size": batch_size,
+        **job.options(),
+        "input_path": str(job.input_path),
+        "output_path": str(job.output),
+        "model_dir": str(job.model_dir),
         "dask_address": dask_address,
         "top_n": top_n,
-        "threads": threads,
     }
     try:
         if update is None:
@@ -268,26 +251,8 @@ def _progress_bar() -> Iterator[ProgressFn | None]:
     if not console.is_terminal:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description:>10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        auto_refresh=False,  # no refresh thread: prediction workers are forked from here
-    ) as bar:
+    # no refresh thread: prediction workers are forked from here
+    with transient_progress(console, "{task.description:>10}", auto_refresh=False) as bar:
         ids: dict[str, Any] = {}
         started: dict[str, float] = {}
 

@@ -85,6 +85,21 @@ def conformer_rows(n_conformers: int = 3, *, seed: int = 0, scale: float = 0.06)
     return rows
 
 
+def write_conformers_table(rows: list[dict], path: Path, *, energy_cycle: int = 3) -> Path:
+    """Write :func:`conformer_rows` rows as a conformers table at ``path`` and return it.
+
+    Fills in (in place) the columns :func:`conformer_rows` leaves out; MMFF energies are
+    0, 1, ..., ``energy_cycle - 1`` kcal/mol in turn (``energy_cycle=1``: all 0).
+    """
+    from densnet_core import store
+
+    for i, r in enumerate(rows):
+        r[K.MMFF_ENERGY_KCAL] = float(i % energy_cycle)
+        r.update({K.INPUT_SMILES: r[K.SMILES], K.N_HEAVY_ATOMS: 1, K.FORCE_FIELD: "MMFF94"})
+        r.update({K.FRAGMENT_NOTE: "", K.STEREO_NOTE: ""})
+    return store.write_table(rows, path, "conformers")
+
+
 def make_tiny_labels(directory: Path, n_conformers: int = 3, *, seed: int = 0) -> Path:
     """Label the tiny set at HF/STO-3G into ``directory`` (one part file) and return it."""
     from densnet_core.labelling import label_conformer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,27 @@ def test_cli_md(tmp_path):
     assert "steps/s" in res.output
     res2 = CliRunner().invoke(app, args)  # finished run: resumes, nothing left to do
     assert res2.exit_code == 0 and "resuming" in res2.output
+
+
+def test_harmonic_reference_is_cached_per_molecule_and_charge(tmp_path: Path) -> None:
+    """A cached PySCF reference is reused for the same atoms and charge, recomputed otherwise."""
+    from densnet_core.md import REFERENCE_FILE, harmonic_reference_cached
+
+    h2 = Atoms("H2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 0.74]])
+    cache = tmp_path / REFERENCE_FILE
+    sentinel = {
+        "numbers": [1, 1],
+        "charge": 0,
+        "frequencies_cm1": [1234.5],
+        "intensities_km_mol": [0.0],
+        "positions_angstrom": h2.get_positions().tolist(),
+        "energy_hartree": -1.0,
+    }
+    cache.write_text(json.dumps(sentinel))
+    ref = harmonic_reference_cached(tmp_path, h2)
+    assert ref["frequencies_cm1"] == [1234.5] and ref["label"] == "PySCF harmonic"
+    # the same cache for a cation is not this molecule: computed with PySCF and rewritten
+    cache.write_text(json.dumps({**sentinel, "charge": 1}))
+    ref = harmonic_reference_cached(tmp_path, h2)
+    assert 4000.0 < ref["frequencies_cm1"][0] < 4700.0  # H2 stretch, B3LYP ~4360 cm^-1
+    assert json.loads(cache.read_text())["charge"] == 0

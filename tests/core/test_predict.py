@@ -35,7 +35,7 @@ from densnet_core.predict import (
 )
 from densnet_core.units import DEBYE_PER_AU
 from tests._torch_threads import one_torch_thread  # noqa: F401 - autouse fixture
-from tests.core._tiny_labels import conformer_rows
+from tests.core._tiny_labels import conformer_rows, write_conformers_table
 
 ELEMENTS = [1, 6, 7, 8, 9, 16, 17]
 
@@ -427,11 +427,7 @@ def test_screen_file_conformers_table_with_boltzmann(model_dir: Path, tmp_path: 
     from densnet_core import store
 
     rows = conformer_rows(3, seed=1)
-    for i, r in enumerate(rows):
-        r[K.MMFF_ENERGY_KCAL] = float(i % 3)
-        r.update({K.INPUT_SMILES: r[K.SMILES], K.N_HEAVY_ATOMS: 1, K.FORCE_FIELD: "MMFF94"})
-        r.update({K.FRAGMENT_NOTE: "", K.STEREO_NOTE: ""})
-    conf = store.write_table(rows, tmp_path / "conf.parquet", "conformers")
+    conf = write_conformers_table(rows, tmp_path / "conf.parquet")
     predictor = Predictor(model_dir, batch_size=4)
     summary = screen_file(
         conf, tmp_path / "pred.parquet", n_conformers=3, workers=2, predictor=predictor

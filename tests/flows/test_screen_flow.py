@@ -138,14 +138,10 @@ def test_sdf_coordinates_are_used_as_given(model_dir: Path, tmp_path: Path) -> N
 
 
 def test_conformers_table_input_and_boltzmann_table(model_dir: Path, tmp_path: Path) -> None:
-    from tests.core._tiny_labels import conformer_rows
+    from tests.core._tiny_labels import conformer_rows, write_conformers_table
 
     rows = conformer_rows(3, seed=1)
-    for i, r in enumerate(rows):
-        r[K.MMFF_ENERGY_KCAL] = float(i % 3)
-        r.update({K.INPUT_SMILES: r[K.SMILES], K.N_HEAVY_ATOMS: 1, K.FORCE_FIELD: "MMFF94"})
-        r.update({K.FRAGMENT_NOTE: "", K.STEREO_NOTE: ""})
-    conf = store.write_table(rows, tmp_path / "conf.parquet", "conformers")
+    conf = write_conformers_table(rows, tmp_path / "conf.parquet")
     out = tmp_path / "pred.parquet"
     summary = screen_flow(
         input_path=str(conf),
@@ -235,15 +231,11 @@ def test_screen_on_an_existing_dask_cluster_matches_in_process(
 
 def test_screen_flow_with_an_ensemble(tmp_path: Path) -> None:
     """An ensemble directory as the model: spreads in the rows and in the top-N artifact."""
-    from tests.core._tiny_labels import conformer_rows
+    from tests.core._tiny_labels import conformer_rows, write_conformers_table
     from tests.core.test_predict_ensemble import make_ensemble_dir
 
     ens = make_ensemble_dir(tmp_path / "ens", members=2)
-    rows = conformer_rows(1)
-    for r in rows:
-        r.update({K.INPUT_SMILES: r[K.SMILES], K.N_HEAVY_ATOMS: 1, K.FORCE_FIELD: "MMFF94"})
-        r.update({K.FRAGMENT_NOTE: "", K.STEREO_NOTE: "", K.MMFF_ENERGY_KCAL: 0.0})
-    conf = store.write_table(rows, tmp_path / "conf.parquet", "conformers")
+    conf = write_conformers_table(conformer_rows(1), tmp_path / "conf.parquet", energy_cycle=1)
     out = tmp_path / "pred.parquet"
     summary = screen_flow(input_path=str(conf), output_path=str(out), model_dir=str(ens), top_n=4)
     df = store.read_table(out, "predictions")
