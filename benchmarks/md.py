@@ -131,6 +131,7 @@ def main() -> None:
     # 3. IR
     if args.ir_steps:
         from densnet_core.ir import harmonic_ir_pyscf, ir_spectrum, write_ir
+        from densnet_core.md import harmonic_reference_cached
 
         t0 = time.perf_counter()
         s = MDSettings(
@@ -142,13 +143,12 @@ def main() -> None:
         wn, y = ir_spectrum(np.stack(prod["dipole_au"].to_numpy()), timestep_fs=s.timestep_fs,
                             temperature_K=args.temperature_K)  # fmt: skip
         ref = None
-        if args.reference:
+        if args.reference and args.reference_no_intensities:
             ref = harmonic_ir_pyscf(
-                atoms.get_atomic_numbers(),
-                atoms.get_positions(),
-                intensities=not args.reference_no_intensities,
-                progress=print,
+                atoms.get_atomic_numbers(), atoms.get_positions(), intensities=False, progress=print
             )
+        elif args.reference:  # computed once per --out folder (ir_reference.json)
+            ref = harmonic_reference_cached(args.out, atoms, print)
         write_ir(
             args.out / "ir",
             wn,

@@ -28,6 +28,7 @@ Works with ``ase.optimize.BFGS``, ``ase.vibrations.Vibrations`` and ``ase.vibrat
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ __all__ = [
     "DenSNetCalculator",
     "MDModelNotFoundError",
     "default_md_model_dir",
+    "md_model_for",
+    "resolve_md_model_dir",
+    "shipped_md_models",
 ]
 
 DEFAULT_MD_MODEL_NAME = "densnet-md-ethanol"
@@ -63,8 +67,69 @@ def default_md_model_dir() -> Path:
     return Path.cwd() / "models" / DEFAULT_MD_MODEL_NAME
 
 
-def resolve_md_model_dir(model_dir: str | os.PathLike[str] | None) -> Path:
-    """The MD model directory to use (``None``: :func:`default_md_model_dir`).
+def shipped_md_models() -> list[Path]:
+    """The MD model directories next to the default one (``models/densnet-md-*``), by name."""
+    from densnet_core.energy_train import ENERGY_WEIGHTS_FILE
+
+    root = default_md_model_dir().parent
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.glob("densnet-md-*") if p.is_dir() and (p / ENERGY_WEIGHTS_FILE).is_file()
+    )
+
+
+def _formula(numbers: Sequence[int]) -> str:
+    from ase import Atoms
+
+    return Atoms(numbers=[int(z) for z in numbers]).get_chemical_formula()
+
+
+def md_model_for(numbers: Sequence[int]) -> Path:
+    """The shipped MD model for a molecule with atomic numbers ``numbers``.
+
+    An MD model is trained on configurations of a few molecules, so the model trained on this
+    molecule (its card's ``training_formulas`` holds the Hill formula) comes first; else the
+    default model if it covers the elements, else the first shipped model that covers them.
+
+    Raises
+    ------
+    MDModelNotFoundError
+        No shipped model covers these elements (the message lists what there is).
+    """
+    import json
+
+    formula = _formula(numbers)
+    need = {int(z) for z in numbers}
+    cards: list[tuple[Path, dict[str, Any]]] = []
+    for path in shipped_md_models():
+        try:
+            cards.append((path, json.loads((path / "model_card.json").read_text())))
+        except (OSError, ValueError):
+            continue
+    for path, card in cards:
+        if formula in card.get("training_formulas", []):
+            return path
+    covering = [p for p, card in cards if need <= set(card.get("elements", []))]
+    default = default_md_model_dir()
+    if default in covering:
+        return default
+    if covering:
+        return covering[0]
+    have = ", ".join(f"{p.name} (Z = {card.get('elements')})" for p, card in cards) or "none"
+    raise MDModelNotFoundError(
+        f"no shipped MD model covers the elements of {formula} (shipped: {have}); train one "
+        "(scripts/train_md.py) and pass it with --model"
+    )
+
+
+def resolve_md_model_dir(
+    model_dir: str | os.PathLike[str] | None, numbers: Sequence[int] | None = None
+) -> Path:
+    """The MD model directory to use.
+
+    ``model_dir`` if given; else, with ``numbers``, :func:`md_model_for` (the shipped model of
+    that molecule); else :func:`default_md_model_dir`.
 
     Raises
     ------
@@ -73,7 +138,12 @@ def resolve_md_model_dir(model_dir: str | os.PathLike[str] | None) -> Path:
     """
     from densnet_core.energy_train import ENERGY_WEIGHTS_FILE
 
-    path = Path(model_dir) if model_dir is not None else default_md_model_dir()
+    if model_dir is not None:
+        path = Path(model_dir)
+    elif numbers is not None:
+        path = md_model_for(numbers)
+    else:
+        path = default_md_model_dir()
     if not (path / ENERGY_WEIGHTS_FILE).is_file():
         what = "the default MD model" if model_dir is None else "MD model"
         raise MDModelNotFoundError(

@@ -762,6 +762,7 @@ def train_md_model(
     energy_epochs: int = 100,
     joint_epochs: int = 0,
     batch_size: int = 8,
+    energy_lr: float = 3e-3,
     val_fraction: float = 0.1,
     seed: int = 0,
     max_minutes_per_stage: float | None = None,
@@ -788,6 +789,8 @@ def train_md_model(
         Epochs of each stage (``joint_epochs = 0``: staged only).
     batch_size, val_fraction, seed
         Batches, held-out fraction of configurations, seed.
+    energy_lr
+        Peak learning rate of the staged energy fit (the joint stage uses 1e-3).
     max_minutes_per_stage
         Wall-time limit of each stage.
     energy_weight, force_weight
@@ -845,6 +848,7 @@ def train_md_model(
         val_s,
         epochs=energy_epochs,
         batch_size=batch_size,
+        lr=energy_lr,
         energy_weight=energy_weight,
         force_weight=force_weight,
         seed=seed,
@@ -871,13 +875,19 @@ def train_md_model(
         "energy_epochs": energy_epochs,
         "joint_epochs": joint_epochs,
         "batch_size": batch_size,
+        "energy_lr": energy_lr,
         "val_fraction": val_fraction,
         "seed": seed,
         "energy_weight": energy_weight,
         "force_weight": force_weight,
         "energy_presets": ENERGY_PRESETS[energy_preset],
     }
+    from ase import Atoms
+
     card = {
+        "training_formulas": sorted(
+            {Atoms(numbers=[int(z) for z in x.numbers]).get_chemical_formula() for x in samples}
+        ),
         "n_train_configurations": len(train_s),
         "n_val_configurations": len(val_s),
         "validation_conformer_keys": [s.conformer_key for s in val_s],

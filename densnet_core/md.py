@@ -181,10 +181,13 @@ def read_structure(text: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (.smi, .sdf, .mol, .xyz)")
     else:
         smiles, name = str(text), str(text)
+    from rdkit import rdBase
+
     from densnet_core import keys as K
     from densnet_core.conformers import generate_conformers
 
-    rows = generate_conformers(smiles, n_conformers=1)
+    with rdBase.BlockLogs():  # RDKit's notes on the heavy-atom embedding are not news
+        rows = generate_conformers(smiles, n_conformers=1)
     row = rows[0]
     if row[K.STATUS] != K.STATUS_OK:
         raise ValueError(f"{smiles!r}: {row[K.STATUS]}: {row[K.ERROR]}")

@@ -265,7 +265,7 @@ def md_flow(params: MDParams) -> dict[str, Any]:
             str(out),
             sdict,
             end,
-            model_dir=params.model_dir,
+            model_dir=prep["model_dir"],
             device=params.device,
             threads=params.threads,
         )

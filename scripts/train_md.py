@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--energy-epochs", type=int, default=150)
     ap.add_argument("--joint-epochs", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--energy-lr", type=float, default=3e-3, help="peak lr of the energy stage")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--max-minutes-per-stage", type=float)
     ap.add_argument("--force-weight", type=float, default=1.0)
@@ -49,6 +50,7 @@ def main() -> None:
         energy_epochs=args.energy_epochs,
         joint_epochs=args.joint_epochs,
         batch_size=args.batch_size,
+        energy_lr=args.energy_lr,
         val_fraction=args.val_fraction,
         seed=args.seed,
         max_minutes_per_stage=args.max_minutes_per_stage,

@@ -117,7 +117,8 @@ def prepare_structure(
     out_dir
         The run's output folder (created).
     model_dir
-        MD model directory (None: the default MD model).
+        MD model directory (None: the shipped MD model for this molecule,
+        :func:`densnet_core.calculator.md_model_for`).
     optimize
         Relax the start geometry on the model (BFGS to 0.05 eV/Å, at most 300 steps); only
         for a new run.
@@ -127,7 +128,8 @@ def prepare_structure(
     Returns
     -------
     dict
-        ``start_path``, ``formula``, ``n_atoms``, ``name``, ``model_id``, ``resuming`` (a
+        ``start_path``, ``formula``, ``n_atoms``, ``name``, ``model_id``, ``model_dir`` (the
+        model used: ``model_dir``, or the shipped model for this molecule), ``resuming`` (a
         checkpoint exists), ``relax_steps`` and ``relax_fmax_ev_per_angstrom`` (None when not
         relaxed now), ``relax_converged``.
 
@@ -141,17 +143,20 @@ def prepare_structure(
     """
     import ase.io
 
+    from densnet_core.calculator import resolve_md_model_dir
+
     logger = get_run_logger()
     _set_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start_path = out / START_FILE
     resuming = read_checkpoint_state(out) is not None
-    calc = get_calculator(model_dir, device)
     if resuming and start_path.is_file():
         atoms = ase.io.read(start_path, index=0)
     else:
         atoms = read_structure(input_text)
+    model_path = str(resolve_md_model_dir(model_dir, atoms.get_atomic_numbers().tolist()))
+    calc = get_calculator(model_path, device)
     unsupported = sorted(set(atoms.get_atomic_numbers().tolist()) - set(calc.potential.elements))
     if unsupported:
         raise ValueError(f"elements {unsupported} are not covered by the model {calc.model_id}")
@@ -185,6 +190,7 @@ def prepare_structure(
         "n_atoms": len(atoms),
         "name": name,
         "model_id": calc.model_id,
+        "model_dir": model_path,
         "resuming": resuming,
         **info,
     }

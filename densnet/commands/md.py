@@ -89,7 +89,11 @@ def md(
     import torch
 
     torch.set_num_threads(threads)
-    from densnet_core.calculator import DenSNetCalculator, MDModelNotFoundError
+    from densnet_core.calculator import (
+        DenSNetCalculator,
+        MDModelNotFoundError,
+        resolve_md_model_dir,
+    )
     from densnet_core.md import (
         CHECKPOINT_JSON,
         MDSettings,
@@ -107,7 +111,8 @@ def md(
     except (ValueError, OSError) as exc:
         raise fail(str(exc)) from None
     try:
-        calc = DenSNetCalculator(model=model, device=device)
+        model_dir = resolve_md_model_dir(model, atoms.get_atomic_numbers().tolist())
+        calc = DenSNetCalculator(model=model_dir, device=device)
     except MDModelNotFoundError as exc:
         raise fail(str(exc)) from None
     except Exception as exc:

@@ -106,3 +106,34 @@ def test_vibrations_and_infrared(tmp_path, pot):
     ir.read()
     inten = ir.intensities
     assert inten.shape == (9,) and np.all(np.isfinite(inten))
+
+
+def test_shipped_md_model_is_chosen_per_molecule():
+    """Without --model, MD uses the shipped model trained on that molecule (card formulas)."""
+    import json
+
+    from rdkit import Chem
+
+    from densnet_core.calculator import (
+        default_md_model_dir,
+        md_model_for,
+        resolve_md_model_dir,
+        shipped_md_models,
+    )
+
+    models = shipped_md_models()
+    assert default_md_model_dir() in models
+    cards = {p: json.loads((p / "model_card.json").read_text()) for p in models}
+    molecules = {"C2H6O": "CCO", "C2H6S": "CCS", "C6H6O2": "Oc1cccc(O)c1"}  # the paper's three
+    for formula, smiles in molecules.items():
+        trained_on = [p for p, card in cards.items() if formula in card["training_formulas"]]
+        assert len(trained_on) == 1, f"{formula}: shipped models trained on it: {trained_on}"
+        numbers = [a.GetAtomicNum() for a in Chem.AddHs(Chem.MolFromSmiles(smiles)).GetAtoms()]
+        assert md_model_for(numbers) == trained_on[0]
+        assert resolve_md_model_dir(None, numbers) == trained_on[0]
+    # a given directory wins; without numbers the default model is used
+    assert resolve_md_model_dir(default_md_model_dir()) == default_md_model_dir()
+    assert resolve_md_model_dir(None) == default_md_model_dir()
+    # nitrogen is in no shipped MD model: a readable error naming what is shipped
+    with pytest.raises(MDModelNotFoundError, match="no shipped MD model covers"):
+        md_model_for([7, 1, 1, 1])
