@@ -79,12 +79,6 @@ def shipped_md_models() -> list[Path]:
     )
 
 
-def _formula(numbers: Sequence[int]) -> str:
-    from ase import Atoms
-
-    return Atoms(numbers=[int(z) for z in numbers]).get_chemical_formula()
-
-
 def md_model_for(numbers: Sequence[int]) -> Path:
     """The shipped MD model for a molecule with atomic numbers ``numbers``.
 
@@ -99,7 +93,9 @@ def md_model_for(numbers: Sequence[int]) -> Path:
     """
     import json
 
-    formula = _formula(numbers)
+    from densnet_core.energy_train import hill_formula
+
+    formula = hill_formula(numbers)
     need = {int(z) for z in numbers}
     cards: list[tuple[Path, dict[str, Any]]] = []
     for path in shipped_md_models():

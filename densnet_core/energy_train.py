@@ -76,6 +76,7 @@ __all__ = [
     "ENERGY_WEIGHTS_FILE",
     "MDSample",
     "evaluate_energy",
+    "hill_formula",
     "load_md_model",
     "load_md_samples",
     "save_md_model",
@@ -207,6 +208,14 @@ def load_md_samples(
             )
         )
     return out
+
+
+def hill_formula(numbers: Sequence[int]) -> str:
+    """Hill formula of a molecule with atomic numbers ``numbers`` (ASE's), e.g. ``C2H6O``; the
+    form of a model card's ``training_formulas``."""
+    from ase import Atoms
+
+    return Atoms(numbers=[int(z) for z in numbers]).get_chemical_formula()
 
 
 def split_by_conformer(
@@ -882,12 +891,8 @@ def train_md_model(
         "force_weight": force_weight,
         "energy_presets": ENERGY_PRESETS[energy_preset],
     }
-    from ase import Atoms
-
     card = {
-        "training_formulas": sorted(
-            {Atoms(numbers=[int(z) for z in x.numbers]).get_chemical_formula() for x in samples}
-        ),
+        "training_formulas": sorted({hill_formula(x.numbers) for x in samples}),
         "n_train_configurations": len(train_s),
         "n_val_configurations": len(val_s),
         "validation_conformer_keys": [s.conformer_key for s in val_s],

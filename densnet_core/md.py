@@ -53,11 +53,13 @@ from densnet_core.units import BOHR_PER_ANGSTROM
 
 __all__ = [
     "MIN_IR_SAMPLES",
+    "REFERENCE_FILE",
     "TIMESERIES_FILE",
     "TRAJECTORY_FILE",
     "MDSettings",
     "MDUnstableError",
     "RelaxationError",
+    "harmonic_reference_cached",
     "ir_of_run",
     "read_checkpoint_state",
     "read_structure",

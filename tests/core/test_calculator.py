@@ -137,3 +137,12 @@ def test_shipped_md_model_is_chosen_per_molecule():
     # nitrogen is in no shipped MD model: a readable error naming what is shipped
     with pytest.raises(MDModelNotFoundError, match="no shipped MD model covers"):
         md_model_for([7, 1, 1, 1])
+
+
+def test_hill_formula_is_the_card_form():
+    """Card ``training_formulas`` and the model lookup use the same Hill formula."""
+    from densnet_core.energy_train import hill_formula
+
+    assert hill_formula([8, 6, 6, 1, 1, 1, 1, 1, 1]) == "C2H6O"
+    assert hill_formula([16, 6, 1, 1, 1, 6, 1, 1, 1]) == "C2H6S"
+    assert hill_formula([1, 1, 8]) == "H2O"  # no carbon: alphabetical
