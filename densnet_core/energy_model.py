@@ -565,7 +565,15 @@ class DenSNetPotential(nn.Module):
         b["positions_bohr"] = pos
         b["edge_index"] = radius_graph(pos, b["batch"], self.density.cutoff_bohr)
         do_resp = bool(compute_response) and self.has_response
-        with torch.set_grad_enabled(compute_forces or torch.is_grad_enabled()):
+        # MD batches are a few small molecules: opt_einsum's contraction-path search on every
+        # 3-operand einsum of the tensor products costs more than the contraction itself
+        # (ethanol: MD step 85-94 -> 65-68 ms, energy-training step of 2 configurations
+        # 222-231 -> 148-193 ms; forces equal to float32 rounding). Screening batches
+        # (DensityModel alone, 64 drug-sized molecules) gain nothing, so only this path does it.
+        with (
+            torch.backends.opt_einsum.flags(enabled=False),
+            torch.set_grad_enabled(compute_forces or torch.is_grad_enabled()),
+        ):
             dens = self.density(b, compute_response=do_resp)
             en = self.energy(b, dens["density_coeffs"])
             out = {**dens, **en}
@@ -607,11 +615,13 @@ class DenSNetPotential(nn.Module):
         """
         batch = self.collate([self.featurize(numbers, positions_bohr, charge)])
         was = self.training
-        self.eval()
+        if was:  # eval() walks every submodule (~6 ms a step): only when needed
+            self.eval()
         try:
             out = self(batch, compute_forces=True, compute_response=compute_response)
         finally:
-            self.train(was)
+            if was:
+                self.train(was)
         res: dict[str, np.ndarray | float] = {
             "energy_hartree": float(out["energy_hartree"][0].detach()),
             "forces_hartree_per_bohr": out["forces_hartree_per_bohr"]
