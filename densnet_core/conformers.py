@@ -220,8 +220,10 @@ def keep_largest_fragment(mol: Chem.Mol) -> tuple[Chem.Mol, str]:
 
 def charge_and_multiplicity(mol: Chem.Mol) -> tuple[int, int]:
     """Total formal charge (e) and spin multiplicity (radical electrons + 1, high spin)."""
-    charge = sum(a.GetFormalCharge() for a in mol.GetAtoms())
-    radicals = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
+    charge = radicals = 0
+    for a in mol.GetAtoms():  # one pass (Python-level atom iteration is the cost here)
+        charge += a.GetFormalCharge()
+        radicals += a.GetNumRadicalElectrons()
     return int(charge), int(radicals) + 1
 
 
@@ -657,7 +659,7 @@ def _from_molblock(
         return _fail(row, K.STATUS_INVALID_INPUT, "SDF record has no coordinates")
     conf = mol.GetConformer()
     pos = conf.GetPositions()
-    if mol.GetNumAtoms() > 1 and np.allclose(pos, 0.0):
+    if mol.GetNumAtoms() > 1 and not np.any(np.abs(pos) > 1e-8):
         return _fail(
             row, K.STATUS_INVALID_INPUT, "SDF record has no coordinates (all atoms at the origin)"
         )
@@ -670,7 +672,7 @@ def _from_molblock(
         infos = _potential_stereo(heavy)
         row[K.STEREO_NOTE] = stereo_note(heavy, infos)
         return _embed_and_optimise(row, heavy, stereo_infos=infos, **opts)
-    n_implicit = sum(a.GetNumImplicitHs() for a in mol.GetAtoms())
+    n_implicit = mol.GetNumAtoms(onlyExplicit=False) - mol.GetNumAtoms()
     if n_implicit:
         mol = Chem.AddHs(mol, addCoords=True)
         row[INPUT_NOTE] = _join_notes(
@@ -857,6 +859,7 @@ def process_records(
     workers: int = 1,
     batch_size: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    use_pool: bool | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Process many records in parallel worker processes (the library path, no Prefect).
@@ -875,6 +878,9 @@ def process_records(
         Records per batch (default :func:`pool_batch_size`).
     on_progress
         Called with the number of records finished after each batch (in completion order).
+    use_pool
+        Run in the worker pool even with ``workers=1`` (so that this process stays free,
+        e.g. to load a model meanwhile); default: a pool when ``workers > 1``.
     **options
         Keyword arguments of :func:`generate_conformers`.
 
@@ -883,11 +889,13 @@ def process_records(
     list[dict]
         Rows in input order.
     """
+    if use_pool is None:
+        use_pool = workers > 1
     if batch_size is None:
         batch_size = pool_batch_size(len(records), workers)
     batches = split_batches(len(records), workers, batch_size)
     payloads = [[records[i].to_dict() for i in b] for b in batches]
-    if workers <= 1:
+    if not use_pool:
         out: list[dict[str, Any]] = []
         for payload in payloads:
             out.extend(process_batch_dicts(payload, options))

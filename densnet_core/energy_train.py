@@ -369,25 +369,27 @@ def train_density(
         model.train()
         return tot / max(1, len(samples))
 
-    for epoch in range(1, epochs + 1):
-        order = np.random.default_rng([seed, epoch]).permutation(len(train_s))
-        model.train()
-        for i in range(0, len(order), batch_size):
-            chunk = [train_s[j] for j in order[i : i + batch_size]]
-            b = _density_batch(model, chunk, device)
-            loss = _density_loss(model(b), b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            sched.step()
-        v = mean_loss(val_s if val_s else train_s)
-        if v < best:
-            best, best_state = v, copy.deepcopy(model.state_dict())
-        if progress is not None:
-            progress(f"density epoch {epoch}/{epochs}: val (drho|drho)/N_e {v:.3e} Eh")
-        if max_minutes is not None and time.monotonic() - t0 > 60.0 * max_minutes:
-            break
+    # small MD molecules: no opt_einsum path search (see DenSNetPotential.forward)
+    with torch.backends.opt_einsum.flags(enabled=False):
+        for epoch in range(1, epochs + 1):
+            order = np.random.default_rng([seed, epoch]).permutation(len(train_s))
+            model.train()
+            for i in range(0, len(order), batch_size):
+                chunk = [train_s[j] for j in order[i : i + batch_size]]
+                b = _density_batch(model, chunk, device)
+                loss = _density_loss(model(b), b)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                opt.step()
+                sched.step()
+            v = mean_loss(val_s if val_s else train_s)
+            if v < best:
+                best, best_state = v, copy.deepcopy(model.state_dict())
+            if progress is not None:
+                progress(f"density epoch {epoch}/{epochs}: val (drho|drho)/N_e {v:.3e} Eh")
+            if max_minutes is not None and time.monotonic() - t0 > 60.0 * max_minutes:
+                break
     model.load_state_dict(best_state)
     model.eval()
     metrics = {

@@ -81,6 +81,16 @@ class InputRecord:
             return self.molblock
         return f"{self.record_index}:{self.name}"
 
+    @property
+    def needs_embedding(self) -> bool:
+        """True if the conformer stage has to embed this record (SMILES, or an SDF record
+        without 3D coordinates): tens of ms each, against ~3 ms to read a 3D SDF record."""
+        if self.rows is not None or self.error:
+            return False
+        if self.molblock is not None:
+            return not molblock_is_3d(self.molblock)
+        return self.smiles is not None
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (for Prefect task inputs and process pools)."""
         out = asdict(self)
@@ -101,6 +111,40 @@ class InputRecord:
             note=str(data.get("note") or ""),
             rows=None if rows is None else tuple(dict(r) for r in rows),
         )
+
+
+def molblock_is_3d(molblock: str) -> bool:
+    """Whether a MOL/SDF record carries 3D coordinates, read from its text (no RDKit).
+
+    As RDKit decides it: the header's dimension code (columns 21-22 of line 2) says ``3D``, or
+    some atom has a non-zero z coordinate (V2000 atom block, or ``M  V30`` atom lines).
+    Unparsable text gives False (the record is then handed to RDKit, which reports it).
+    """
+    lines = molblock.splitlines()
+    if len(lines) < 4:
+        return False
+    code = lines[1][20:22].upper()
+    if code == "3D":
+        return True
+    try:
+        if "V3000" in lines[3]:
+            in_atoms = False
+            for line in lines[4:]:
+                if line.startswith("M  V30 BEGIN ATOM"):
+                    in_atoms = True
+                elif line.startswith("M  V30 END ATOM"):
+                    return False
+                elif in_atoms and line.startswith("M  V30 "):
+                    if abs(float(line.split()[6])) > 1e-4:  # M V30 idx El x y z
+                        return True
+            return False
+        n_atoms = int(lines[3][0:3])
+        for line in lines[4 : 4 + n_atoms]:
+            if abs(float(line[20:30])) > 1e-4:
+                return True
+    except (ValueError, IndexError):
+        return False
+    return False
 
 
 def as_record(record: InputRecord | Mapping[str, Any] | str) -> InputRecord:

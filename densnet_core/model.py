@@ -78,6 +78,9 @@ __all__ = [
 ]
 
 # Presets: the architecture knobs only. The element irreps (the aux basis) are always given.
+#: ways of imposing the electron count (DensityModel ``count_projection``)
+COUNT_PROJECTIONS: tuple[str, ...] = ("euclidean", "prior")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "cutoff_bohr": 7.0,
@@ -94,6 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "readout_pseudo_mul": [0, 4, 4, 2, 2, 2, 2, 2],
         "avg_num_neighbors": 10.0,
         "response": True,
+        "count_projection": "prior",
     },
     "default": {
         "cutoff_bohr": 7.5,
@@ -110,6 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "readout_pseudo_mul": [0, 8, 8, 4, 4, 4, 2, 2],
         "avg_num_neighbors": 12.0,
         "response": True,
+        "count_projection": "prior",
     },
 }
 
@@ -471,11 +476,19 @@ def project_electron_count(
     charge_ints: torch.Tensor,
     coef_mol_index: torch.Tensor,
     n_electrons: torch.Tensor,
+    direction: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Minimal Euclidean change of the coefficients so that q . c = N exactly, per molecule.
+    """Change the coefficients along ``direction`` u so that q . c = N exactly, per molecule.
 
-    c <- c + q (N - q.c) / (q.q), molecule by molecule (sums in float64). A molecule whose q
-    is all zero (no charge integrals given) is left unchanged.
+    c <- c + u (N - q.c) / (q.u), molecule by molecule (sums in float64). u = q (the default)
+    is the minimal Euclidean change. u = the SAD prior coefficients adds or removes a multiple
+    of the superposed neutral free-atom densities: each atom gets a share of the correction in
+    proportion to its own electrons, centred on its nucleus, so the dipole about the centre of
+    nuclear charge does not change (sum_A Z_A (R_A - O) = 0), nor does the polarizability when
+    it is a response that is projected. The q direction puts the correction where the s
+    functions are and moves the dipole by (correction) x (offset of that charge pattern): a
+    few debye for a drug-sized molecule with electrons to spare. A molecule with q . u = 0
+    (no charge integrals given) is left unchanged.
 
     Parameters
     ----------
@@ -488,6 +501,8 @@ def project_electron_count(
         (M,) long: molecule of every coefficient.
     n_electrons
         (B,) or (..., B): target electron count per molecule (0 for responses).
+    direction
+        (M,): u, e.g. the prior coefficients; None = ``charge_ints``.
 
     Returns
     -------
@@ -496,10 +511,12 @@ def project_electron_count(
     """
     n_mol = int(n_electrons.shape[-1])
     q64 = charge_ints.double()
+    u64 = q64 if direction is None else direction.double()
     qc = _scatter_sum(coeffs.double() * q64, coef_mol_index, n_mol)
-    qq = _scatter_sum(q64 * q64, coef_mol_index, n_mol)
-    lam = torch.where(qq > 0, (n_electrons.double() - qc) / qq.clamp_min(1e-300), 0.0)
-    return coeffs + (q64 * lam[..., coef_mol_index]).to(coeffs.dtype)
+    qu = _scatter_sum(q64 * u64, coef_mol_index, n_mol)
+    ok = qu.abs() > 1e-12
+    lam = torch.where(ok, (n_electrons.double() - qc) / torch.where(ok, qu, 1.0), 0.0)
+    return coeffs + (u64 * lam[..., coef_mol_index]).to(coeffs.dtype)
 
 
 def electron_count(
@@ -647,6 +664,12 @@ class DensityModel(nn.Module):
         Messages are divided by sqrt(avg_num_neighbors).
     response
         Build the density-response heads (and so the polarizability).
+    count_projection
+        How the exact electron count (and the zero charge of the responses) is imposed:
+        ``"prior"`` along the SAD prior (leaves the dipole and polarizability unchanged; the
+        presets' choice) or ``"euclidean"`` along the charge integrals (the minimal coefficient
+        change; the default for configs that predate the option). See
+        :func:`project_electron_count`.
     preset
         Name of the preset the values came from (recorded in the config only).
     """
@@ -670,11 +693,17 @@ class DensityModel(nn.Module):
         readout_pseudo_mul: Sequence[int] = PRESETS["default"]["readout_pseudo_mul"],
         avg_num_neighbors: float = PRESETS["default"]["avg_num_neighbors"],
         response: bool = PRESETS["default"]["response"],
+        count_projection: str = "euclidean",
         preset: str | None = None,
     ) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError("n_layers must be >= 1")
+        if count_projection not in COUNT_PROJECTIONS:
+            raise ValueError(
+                f"count_projection must be one of {COUNT_PROJECTIONS}, got {count_projection!r}"
+            )
+        self.count_projection = count_projection
         with _fast_e3nn_build():
             self._build(
                 irreps_by_element=irreps_by_element,
@@ -744,6 +773,7 @@ class DensityModel(nn.Module):
             "readout_pseudo_mul": [int(m) for m in readout_pseudo_mul],
             "avg_num_neighbors": float(avg_num_neighbors),
             "response": bool(response),
+            "count_projection": self.count_projection,
             "preset": preset,
         }
 
@@ -945,7 +975,8 @@ class DensityModel(nn.Module):
         coeffs = delta if prior is None else prior + delta
         q = batch["charge_ints"]
         cmol = batch["coef_mol_index"]
-        coeffs = project_electron_count(coeffs, q, cmol, batch["n_electrons_ref"])
+        u = prior if self.count_projection == "prior" and prior is not None else None
+        coeffs = project_electron_count(coeffs, q, cmol, batch["n_electrons_ref"], u)
         out = {
             "density_coeffs": coeffs,
             "delta_coeffs": delta,
@@ -962,7 +993,7 @@ class DensityModel(nn.Module):
         }
         if do_resp:
             resp = feats.new_zeros((n_coef, 3)).index_copy(0, idx, torch.cat(rval_l)).T
-            resp = project_electron_count(resp, q, cmol, feats.new_zeros((3, n_mol)))
+            resp = project_electron_count(resp, q, cmol, feats.new_zeros((3, n_mol)), u)
             out["response_coeffs"] = resp
             out["polarizability_au"] = polarizability_au(resp, batch["dipole_ints"], cmol, n_mol)
         return out

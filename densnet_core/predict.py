@@ -1175,7 +1175,12 @@ def screen_file(
         records = read_records(input_path)
         # a pool only pays for its start-up (~1 s per worker) with enough records
         embed_workers = workers if len(records) >= 8 * workers else 1
-        if embed_workers > 1:
+        use_pool = embed_workers > 1
+        if use_pool and not any(r.needs_embedding for r in records):
+            # 3D SDF: only parsing (~3 CPU-ms a record), so leave one core to the model load
+            # running here at the same time
+            embed_workers = workers - 1
+        if use_pool:
             shared_pool(embed_workers, warm=True)
 
         def embed() -> None:
@@ -1192,6 +1197,7 @@ def screen_file(
                     process_records(
                         records,
                         workers=embed_workers,
+                        use_pool=use_pool,
                         on_progress=progress,
                         n_conformers=n_conformers,
                     )

@@ -112,3 +112,42 @@ def test_split_batches_cover_in_order(n: int, workers: int) -> None:
     if n >= workers:
         assert len(batches) >= workers
     assert all(len(b) <= 200 for b in batches)
+
+
+def _molblocks() -> dict[str, str]:
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.EmbedMolecule(mol, randomSeed=1)
+    flat = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.Compute2DCoords(flat)
+    v2000_3d = Chem.MolToMolBlock(mol)
+    lines = v2000_3d.splitlines()
+    lines[1] = lines[1][:20] + "  " + lines[1][22:]  # no dimension code: z values decide
+    return {
+        "3d": v2000_3d,
+        "3d_no_code": "\n".join(lines) + "\n",
+        "2d": Chem.MolToMolBlock(flat),
+        "3d_v3000": Chem.MolToV3KMolBlock(mol),
+        "2d_v3000": Chem.MolToV3KMolBlock(flat),
+    }
+
+
+def test_molblock_dimension_is_read_like_rdkit() -> None:
+    from rdkit import Chem
+
+    from densnet_core.inputs import molblock_is_3d
+
+    for kind, block in _molblocks().items():
+        rdkit_3d = Chem.MolFromMolBlock(block, removeHs=False).GetConformer().Is3D()
+        assert molblock_is_3d(block) is rdkit_3d is kind.startswith("3d"), kind
+    assert molblock_is_3d("not a molblock") is False
+
+
+def test_only_3d_sdf_records_skip_embedding() -> None:
+    blocks = _molblocks()
+    assert not InputRecord(record_index=0, name="a", molblock=blocks["3d"]).needs_embedding
+    assert InputRecord(record_index=0, name="a", molblock=blocks["2d"]).needs_embedding
+    assert InputRecord(record_index=0, name="a", smiles="CCO").needs_embedding
+    assert not InputRecord(record_index=0, name="a", smiles="CCO", error="bad").needs_embedding

@@ -565,3 +565,58 @@ def test_bromine_jkfit_heads_are_reachable_and_equivariant():
     torch.testing.assert_close(rho1, d @ rho0, atol=1e-6, rtol=0)
     # response[j] = d rho / d E_j: rotates as the density on mu and as a vector on j
     torch.testing.assert_close(resp1, rot @ (resp0 @ d.T), atol=1e-6, rtol=0)
+
+
+def test_prior_projection_keeps_dipole_and_polarizability():
+    """Imposing the electron count along the SAD prior (real prior and integrals, def2-universal-
+    jkfit) moves neither the dipole about the centre of nuclear charge nor the polarizability;
+    along q it moves the dipole (the reason the presets project along the prior)."""
+    from densnet_core.featurize import featurize
+    from densnet_core.level import DEFAULT_LEVEL
+    from densnet_core.model import dipole_au, polarizability_au
+
+    numbers, pos = METHANOL
+    m = featurize(numbers, pos, 0, level=DEFAULT_LEVEL)
+    prior = torch.as_tensor(m.prior_coeffs, dtype=torch.float64)
+    q = torch.as_tensor(m.charge_ints, dtype=torch.float64)
+    d = torch.as_tensor(m.dipole_ints, dtype=torch.float64)
+    n_coef = prior.shape[0]
+    cmol = torch.zeros(n_coef, dtype=torch.long)
+    g = torch.Generator().manual_seed(1)
+    raw = prior + 0.05 * torch.randn(n_coef, generator=g, dtype=torch.float64)
+    n_target = torch.tensor([float(numbers.sum())], dtype=torch.float64)
+    assert abs(float(q @ raw) - float(n_target)) > 0.1  # something to correct
+
+    def mu(c: torch.Tensor) -> torch.Tensor:
+        return dipole_au(
+            c,
+            d,
+            cmol,
+            torch.as_tensor(numbers),
+            torch.as_tensor(pos, dtype=torch.float64),
+            torch.zeros(len(numbers), dtype=torch.long),
+            torch.as_tensor(m.origin_bohr, dtype=torch.float64)[None],
+        )
+
+    c_prior = project_electron_count(raw, q, cmol, n_target, prior)
+    c_q = project_electron_count(raw, q, cmol, n_target)
+    for c in (c_prior, c_q):
+        assert float(q @ c) == pytest.approx(float(n_target), abs=1e-9)
+    assert torch.allclose(mu(c_prior), mu(raw), atol=1e-8)
+    assert (mu(c_q) - mu(raw)).norm() > 1e-3
+
+    resp = 0.05 * torch.randn(3, n_coef, generator=g, dtype=torch.float64)
+    r_prior = project_electron_count(resp, q, cmol, torch.zeros(3, 1, dtype=torch.float64), prior)
+    assert (r_prior @ q).abs().max() < 1e-10
+    a_raw = polarizability_au(resp, d, cmol, 1)
+    assert torch.allclose(polarizability_au(r_prior, d, cmol, 1), a_raw, atol=1e-8)
+
+
+def test_count_projection_in_config():
+    irreps = _irreps_by_element()
+    new = DensityModel.from_preset("small", irreps_by_element=irreps)
+    assert new.count_projection == "prior" and new.config["count_projection"] == "prior"
+    old_cfg = {k: v for k, v in new.config.items() if k != "count_projection"}
+    assert DensityModel.from_config(old_cfg).count_projection == "euclidean"  # older models
+    with pytest.raises(ValueError, match="count_projection"):
+        DensityModel.from_preset("small", irreps_by_element=irreps, count_projection="l2")
