@@ -621,7 +621,7 @@ class DenSNetPotential(nn.Module):
             out = self(batch, compute_forces=True, compute_response=compute_response)
         finally:
             if was:
-                self.train(was)
+                self.train()
         res: dict[str, np.ndarray | float] = {
             "energy_hartree": float(out["energy_hartree"][0].detach()),
             "forces_hartree_per_bohr": out["forces_hartree_per_bohr"]

@@ -668,7 +668,8 @@ class DensityModel(nn.Module):
         How the exact electron count (and the zero charge of the responses) is imposed:
         ``"prior"`` along the SAD prior (leaves the dipole and polarizability unchanged; the
         presets' choice) or ``"euclidean"`` along the charge integrals (the minimal coefficient
-        change; the default for configs that predate the option). See
+        change; the default for configs that predate the option). ``"prior"`` falls back to
+        the charge-integral direction for a batch built without a prior. See
         :func:`project_electron_count`.
     preset
         Name of the preset the values came from (recorded in the config only).

@@ -1084,9 +1084,10 @@ def screen_file(
 
     1. conformers: a conformers table is read as it is; any other input (``.smi``, ``.csv``,
        ``.sdf`` — 3D SDF coordinates are kept) goes through
-       :func:`densnet_core.conformers.process_records` in a pool of ``workers`` processes,
-       *while* this process loads the model, and is written to
-       ``<output stem>.conformers.parquet``;
+       :func:`densnet_core.conformers.process_records` in a pool of ``workers`` processes
+       (``workers - 1``, at least one, when every record is a 3D SDF block: parsing needs no
+       embedding, so the model loads on the remaining core), *while* this process loads the
+       model, and is written to ``<output stem>.conformers.parquet``;
     2. prediction: :func:`predict_rows_parallel` with ``workers`` processes;
     3. the predictions table is written atomically, plus ``<output stem>.molecules.parquet``
        (Boltzmann-averaged per molecule) when ``n_conformers > 1``.

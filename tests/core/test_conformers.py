@@ -372,6 +372,23 @@ def test_pool_matches_in_process_and_keeps_order() -> None:
     assert [r[K.STATUS] for r in pooled] == [r[K.STATUS] for r in serial]
 
 
+def test_single_worker_pool_matches_in_process() -> None:
+    """``use_pool=True`` with one worker (the 3D-SDF predict path) gives the in-process rows."""
+    records = [rec(s, i, f"n{i}") for i, s in enumerate(MIXED)]
+    serial = process_batch(records, n_conformers=1)
+    done: list[int] = []
+    pooled = process_records(
+        records, workers=1, use_pool=True, batch_size=3, on_progress=done.append, n_conformers=1
+    )
+    assert sum(done) == len(records)
+    assert [r[K.RECORD_INDEX] for r in pooled] == [r[K.RECORD_INDEX] for r in serial]
+    assert [r[K.STATUS] for r in pooled] == [r[K.STATUS] for r in serial]
+    assert [r[K.CONFORMER_KEY] for r in pooled] == [r[K.CONFORMER_KEY] for r in serial]
+    for a, b in zip(pooled, serial, strict=True):
+        if a[K.STATUS] == "ok":
+            np.testing.assert_allclose(a[K.POSITIONS_ANGSTROM], b[K.POSITIONS_ANGSTROM], atol=1e-6)
+
+
 def test_pool_batch_size() -> None:
     assert pool_batch_size(1017, 2) == 16
     assert pool_batch_size(10, 2) == 1
