@@ -48,6 +48,79 @@ def _ref_band(freq: np.ndarray, inten: np.ndarray, lo: float, hi: float) -> floa
     return float(freq[sel][np.nanargmax(inten[sel])])
 
 
+def _spectrum_peaks(
+    wn: np.ndarray, y: np.ndarray, lo: float, hi: float, prominence: float = 0.1
+) -> np.ndarray:
+    """(n,) wavenumbers of the local maxima in [lo, hi] with a prominence >= ``prominence``
+    times the band's maximum (cm^-1)."""
+    from scipy.signal import find_peaks
+
+    sel = (wn >= lo) & (wn <= hi)
+    if not sel.any() or np.max(y[sel]) <= 0:
+        return np.zeros(0)
+    idx, _ = find_peaks(y[sel], prominence=prominence * float(np.max(y[sel])))
+    return wn[sel][idx]
+
+
+def _mode_table(
+    freq: np.ndarray,
+    inten: np.ndarray,
+    wn: np.ndarray,
+    y: np.ndarray,
+    model_freq: np.ndarray | None,
+    min_rel_intensity: float = 0.1,
+) -> list[dict]:
+    """Each IR-visible PySCF harmonic stretch mode against the nearest ML-MD spectrum peak.
+
+    Modes of a band with intensity >= ``min_rel_intensity`` times the band's strongest mode;
+    ML-MD peaks from :func:`_spectrum_peaks`; ``model_harmonic_cm1``: the model's own
+    harmonic frequency of the same mode index (ASE finite-difference Hessian on the model).
+    """
+    rows = []
+    for band, (lo, hi) in BANDS.items():
+        sel = np.flatnonzero((freq >= lo) & (freq <= hi))
+        if not len(sel):
+            continue
+        peaks = _spectrum_peaks(wn, y, lo, hi)
+        strongest = np.nanmax(inten[sel])
+        for k in sel:
+            if not inten[k] >= min_rel_intensity * strongest:
+                continue
+            near = float(peaks[np.argmin(np.abs(peaks - freq[k]))]) if len(peaks) else np.nan
+            mh = float(model_freq[k]) if model_freq is not None else np.nan
+            rows.append(
+                {
+                    "band": band,
+                    "pyscf_harmonic_cm1": float(freq[k]),
+                    "pyscf_intensity_km_mol": float(inten[k]),
+                    "ml_md_peak_cm1": near,
+                    "ml_md_deviation_pct": 100 * (near - freq[k]) / freq[k],
+                    "model_harmonic_cm1": mh,
+                    "model_harmonic_deviation_pct": 100 * (mh - freq[k]) / freq[k],
+                }
+            )
+    return rows
+
+
+def _model_harmonic(atoms, calc) -> tuple[np.ndarray, np.ndarray]:
+    """Harmonic frequencies (cm^-1) and IR intensities (km/mol) of the model at its minimum:
+    BFGS to fmax 1e-3 eV/Å, then ``ase.vibrations.Infrared`` (the dipole from the density)."""
+    import tempfile
+
+    from ase.optimize import BFGS
+    from ase.vibrations import Infrared
+
+    a = atoms.copy()
+    a.calc = calc
+    BFGS(a, logfile=None).run(fmax=1e-3, steps=1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        ir = Infrared(a, name=f"{tmp}/ir", delta=0.005, nfree=4)
+        ir.run()
+        freq = np.real(ir.get_frequencies())
+        inten = np.asarray(ir.intensities, dtype=float) * 42.255  # (D/Å)^2/amu -> km/mol
+    return freq, inten
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="MD model directory")
@@ -56,6 +129,8 @@ def main() -> None:
     ap.add_argument("--speed-steps", type=int, default=100)
     ap.add_argument("--ir-steps", type=int, default=0)
     ap.add_argument("--temperature-K", type=float, default=300.0)
+    ap.add_argument("--equilibration-steps", type=int, default=2000, help="Langevin, IR run")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the IR run")
     ap.add_argument("--reference", action="store_true")
     ap.add_argument("--reference-no-intensities", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("/tmp/densnet-md-bench"))
@@ -135,7 +210,10 @@ def main() -> None:
 
         t0 = time.perf_counter()
         s = MDSettings(
-            steps=args.ir_steps, equilibration_steps=1000, temperature_K=args.temperature_K
+            steps=args.ir_steps,
+            equilibration_steps=args.equilibration_steps,
+            temperature_K=args.temperature_K,
+            seed=args.seed,
         )
         run_md(atoms, calc, args.out / "ir", settings=s)
         ts = read_timeseries(args.out / "ir")
@@ -174,6 +252,41 @@ def main() -> None:
             )
             print(f"{name:<12} {ml:8.0f} {qm:12.0f} {dev:7.2f}")
         report["ir_peaks"] = rows
+        summ_ir = json.loads((args.out / "ir" / "summary.json").read_text())
+        report["ir_run"] = {
+            "mean_temperature_K": summ_ir["mean_temperature_K"],
+            "production_ps": args.ir_steps * s.timestep_fs / 1000,
+            "nve_drift_mev_per_atom_per_ps": 1000 * summ_ir["nve_drift_ev_per_atom_per_ps"],
+            "nve_start": summ_ir.get("nve_start"),
+        }
+        print(f"production <T> {summ_ir['mean_temperature_K']:.0f} K over "
+              f"{report['ir_run']['production_ps']:.1f} ps")  # fmt: skip
+        if ref is not None and "intensities_km_mol" in ref:
+            mf, mi = _model_harmonic(atoms, calc)
+            n = len(ref["frequencies_cm1"])
+            mf = mf[-n:] if len(mf) >= n else None  # drop the 6 zero modes of the model
+            modes = _mode_table(
+                np.asarray(ref["frequencies_cm1"]),
+                np.asarray(ref["intensities_km_mol"]),
+                wn,
+                y,
+                mf,
+            )
+            print("IR-visible stretch modes (>= 10 % of the band's strongest PySCF intensity) "
+                  "vs the nearest ML-MD peak and the model's own harmonic frequency")  # fmt: skip
+            print(f"{'band':<12} {'PySCF':>7} {'km/mol':>7} {'ML-MD':>7} {'dev %':>6} "
+                  f"{'model harm.':>11} {'dev %':>6}")  # fmt: skip
+            for r in modes:
+                print(f"{r['band']:<12} {r['pyscf_harmonic_cm1']:7.0f} "
+                      f"{r['pyscf_intensity_km_mol']:7.1f} {r['ml_md_peak_cm1']:7.0f} "
+                      f"{r['ml_md_deviation_pct']:6.2f} {r['model_harmonic_cm1']:11.0f} "
+                      f"{r['model_harmonic_deviation_pct']:6.2f}")  # fmt: skip
+            report["ir_modes"] = modes
+            if mf is not None:
+                report["model_harmonic"] = {
+                    "frequencies_cm1": mf.tolist(),
+                    "intensities_km_mol": mi[-n:].tolist(),
+                }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
 

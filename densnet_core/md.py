@@ -23,7 +23,9 @@
     ``until_step`` stops a run early at a checkpoint (the Prefect flow runs MD in such
     segments).
 ``summary.json``
-    Settings, timings (steps/s), energy drift of the NVE phase (eV/atom/ps), written at the end.
+    Settings, timings (steps/s), energy drift of the NVE phase (eV/atom/ps), ``nve_start``
+    (the momentum scaling that set the NVE energy to the canonical mean, see
+    :attr:`MDSettings.nve_energy`), written at the end.
 
 Units at this edge are ASE's (eV, Å, fs via ``ase.units``); the time series also keeps the
 dipole in atomic units like the rest of the project.
@@ -127,6 +129,14 @@ class MDSettings:
         Steps between checkpoints.
     seed
         Seeds the initial velocities and the Langevin noise.
+    nve_energy
+        Total energy of the NVE production. ``"canonical"``: at the switch the momenta are
+        scaled so that the total energy is the canonical mean at ``temperature_K``, estimated
+        as the mean potential energy of the second half of the equilibration plus the mean
+        kinetic energy (3N - 3)/2 k_B T (for a molecule of a few atoms the energy of a single
+        Langevin snapshot scatters by ~sqrt(2/(3N)) of its thermal part, so without this the
+        production temperature of ethanol lands anywhere in ~300 ± 70 K); ``"as_is"``: the
+        last Langevin state unchanged.
     """
 
     temperature_K: float = 300.0
@@ -138,6 +148,17 @@ class MDSettings:
     trajectory_interval: int = 10
     checkpoint_interval: int = 200
     seed: int = 0
+    nve_energy: str = "canonical"
+
+    def __post_init__(self) -> None:
+        if self.nve_energy not in NVE_ENERGY_MODES:
+            raise ValueError(
+                f"nve_energy must be one of {NVE_ENERGY_MODES}, got {self.nve_energy!r}"
+            )
+
+
+#: choices of :attr:`MDSettings.nve_energy`
+NVE_ENERGY_MODES = ("canonical", "as_is")
 
 
 # ------------------------------------------------------------------------------------------
@@ -247,7 +268,8 @@ def resume_step(out_dir: str | os.PathLike[str], settings: MDSettings) -> int:
     if state is None:
         return 0
     s = settings
-    old = dict(state.get("settings") or {})
+    # fields added after a checkpoint was written take their defaults
+    old = {**asdict(MDSettings()), **dict(state.get("settings") or {})}
     if {**old, "steps": s.steps} != asdict(s):
         raise ValueError(
             f"{out_dir} holds a checkpoint of other MD settings ({state.get('settings')}); "
@@ -342,6 +364,7 @@ def run_md(
     rows: list[dict[str, Any]] = []
     step = 0
     resumed = False
+    nve_start: dict[str, Any] | None = None  # what the switch to NVE did (nve_energy)
     ck = _load_checkpoint(out_dir)
     if ck is not None:
         arrays, state = ck
@@ -352,6 +375,7 @@ def run_md(
         atoms.set_momenta(arrays["momenta"])
         rng.bit_generator.state = state["rng_state"]
         step = int(state["step"])
+        nve_start = state.get("nve_start")
         ts = out_dir / TIMESERIES_FILE
         rows = read_timeseries(out_dir).to_dict("records") if ts.is_file() else []
         rows = [r for r in rows if int(r["step"]) <= step]
@@ -370,6 +394,7 @@ def run_md(
         ZeroRotation(atoms)
     atoms.set_constraint(FixCom())
     n_atoms = len(atoms)
+    dof = max(3 * n_atoms - 3, 1)  # the centre of mass is fixed
     dt = s.timestep_fs * units.fs
 
     def phase_of(k: int) -> str:
@@ -387,8 +412,7 @@ def run_md(
                 "potential_energy_ev": epot,
                 "kinetic_energy_ev": ekin,
                 "total_energy_ev": epot + ekin,
-                # 3N - 3 degrees of freedom (the centre of mass is fixed)
-                "temperature_K": 2.0 * ekin / (max(3 * n_atoms - 3, 1) * units.kB),
+                "temperature_K": 2.0 * ekin / (dof * units.kB),
                 "dipole_au": dip.tolist(),
             }
         )
@@ -423,6 +447,7 @@ def run_md(
                 "settings": asdict(s),
                 "rng_state": rng.bit_generator.state,
                 "trajectory_bytes": int(size),
+                "nve_start": nve_start,
             },
         )
 
@@ -448,8 +473,10 @@ def run_md(
         dyn.run(1)
         step += 1
         steps_done_here += 1
+        if step == s.equilibration_steps and s.nve_energy == "canonical":
+            nve_start = _match_canonical_energy(atoms, rows, s, dof)
         epot = float(atoms.get_potential_energy())
-        temp = 2.0 * float(atoms.get_kinetic_energy()) / (max(3 * n_atoms - 3, 1) * units.kB)
+        temp = 2.0 * float(atoms.get_kinetic_energy()) / (dof * units.kB)
         if not (math.isfinite(epot) and math.isfinite(temp)) or temp > t_max:
             _write_timeseries(rows, out_dir / TIMESERIES_FILE)
             raise MDUnstableError(
@@ -469,6 +496,8 @@ def run_md(
     seconds = time.perf_counter() - t0
 
     summary = _summary(rows, s, n_atoms)
+    if nve_start is not None:
+        summary["nve_start"] = nve_start
     summary.update(
         {
             "settings": asdict(s),
@@ -486,6 +515,43 @@ def run_md(
     with atomic_file(out_dir / SUMMARY_FILE) as fh:
         fh.write((json.dumps(summary, indent=2) + "\n").encode())
     return summary
+
+
+def _match_canonical_energy(
+    atoms: Any, rows: list[Mapping[str, Any]], s: MDSettings, dof: int
+) -> dict[str, Any]:
+    """Scale the momenta so that the total energy is the canonical mean at ``s.temperature_K``.
+
+    Target E = <E_pot> over the second half of the equilibration samples + dof/2 k_B T (eV).
+    Nothing changes when fewer than 10 samples are there or the target kinetic energy would
+    not be positive.
+
+    Returns
+    -------
+    dict
+        ``target_total_energy_ev``, ``velocity_scale`` (1.0 when unchanged), ``n_samples``.
+    """
+    from ase import units
+
+    half = s.equilibration_steps / 2
+    epot = [
+        r["potential_energy_ev"]
+        for r in rows
+        if r["phase"] == "equilibration" and r["step"] >= half
+    ]
+    e_now = float(atoms.get_potential_energy())
+    ekin = float(atoms.get_kinetic_energy())
+    out: dict[str, Any] = {"velocity_scale": 1.0, "n_samples": len(epot)}
+    if len(epot) < 10 or ekin <= 0:
+        return out
+    target = float(np.mean(epot)) + 0.5 * dof * units.kB * s.temperature_K
+    out["target_total_energy_ev"] = target
+    if target - e_now <= 0:
+        return out
+    scale = math.sqrt((target - e_now) / ekin)
+    atoms.set_momenta(atoms.get_momenta() * scale)
+    out["velocity_scale"] = scale
+    return out
 
 
 def _summary(rows: list[Mapping[str, Any]], s: MDSettings, n_atoms: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -77,6 +77,10 @@ class MDParams(BaseModel):
         Langevin steps before production.
     friction_per_fs
         Langevin friction, 1/fs.
+    nve_energy
+        ``"canonical"``: production starts at the canonical mean total energy of
+        ``temperature_K`` (momenta scaled once at the switch); ``"as_is"``: at the last
+        Langevin state. See :attr:`densnet_core.md.MDSettings.nve_energy`.
     seed
         Seed of the initial velocities and the Langevin noise.
     optimize
@@ -106,6 +110,7 @@ class MDParams(BaseModel):
     steps: int = Field(default=4000, ge=1)
     equilibration_steps: int = Field(default=1000, ge=0)
     friction_per_fs: float = Field(default=0.01, ge=0)
+    nve_energy: Literal["canonical", "as_is"] = "canonical"
     seed: int = 0
     optimize: bool = True
     ir: bool = True
@@ -129,6 +134,7 @@ class MDParams(BaseModel):
             trajectory_interval=self.trajectory_interval,
             checkpoint_interval=self.checkpoint_interval,
             seed=self.seed,
+            nve_energy=self.nve_energy,
         )
 
 

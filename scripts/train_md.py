@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--max-minutes-per-stage", type=float)
     ap.add_argument("--force-weight", type=float, default=1.0)
+    ap.add_argument(
+        "--density-dipole-weight", type=float, default=0.0, help="dipole term, density stage"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--metric-cache", type=Path, help="folder caching Coulomb metrics (.npy)")
     args = ap.parse_args()
@@ -55,6 +58,7 @@ def main() -> None:
         seed=args.seed,
         max_minutes_per_stage=args.max_minutes_per_stage,
         force_weight=args.force_weight,
+        density_dipole_weight=args.density_dipole_weight,
         metric_cache_dir=args.metric_cache,
         progress=lambda msg: print(msg, flush=True),
     )

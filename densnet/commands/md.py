@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from densnet.console import fail, say, transient_progress
+
+
+class NVEEnergy(StrEnum):
+    """Choices of ``--nve-energy`` (:attr:`densnet_core.md.MDSettings.nve_energy`)."""
+
+    canonical = "canonical"
+    as_is = "as_is"
 
 
 def md(
@@ -33,6 +41,14 @@ def md(
     friction_per_fs: Annotated[
         float, typer.Option("--friction-per-fs", min=0.0, help="Langevin friction, 1/fs.")
     ] = 0.01,
+    nve_energy: Annotated[
+        NVEEnergy,
+        typer.Option(
+            "--nve-energy",
+            help="canonical: start NVE at the canonical mean energy of the temperature "
+            "(momenta scaled once); as_is: at the last Langevin state.",
+        ),
+    ] = NVEEnergy.canonical,
     optimize: Annotated[
         bool, typer.Option(help="Relax the start geometry on the model first (BFGS).")
     ] = True,
@@ -76,6 +92,7 @@ def md(
                 "steps": steps,
                 "equilibration_steps": equilibration_steps,
                 "friction_per_fs": friction_per_fs,
+                "nve_energy": nve_energy.value,
                 "seed": seed,
                 "optimize": optimize,
                 "ir": ir,
@@ -139,6 +156,7 @@ def md(
         equilibration_steps=equilibration_steps,
         friction_per_fs=friction_per_fs,
         seed=seed,
+        nve_energy=nve_energy.value,
     )
     if resuming:
         say(f"resuming the run in {output}")

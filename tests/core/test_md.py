@@ -69,6 +69,53 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         run_md(atoms, calc, tmp_path / "run", settings=MDSettings(steps=10))
 
 
+def test_nve_energy_is_the_canonical_mean(tmp_path):
+    """The switch to NVE scales the momenta once: E = <E_pot>(late equilibration) + kT dof/2."""
+    from ase import units
+
+    s = MDSettings(steps=40, equilibration_steps=200, timestep_fs=0.5, checkpoint_interval=20)
+    atoms, calc = _toy()
+    summary = run_md(atoms, calc, tmp_path / "ref", settings=s)
+    ts = read_timeseries(tmp_path / "ref")
+    eq = ts[(ts["phase"] == "equilibration") & (ts["step"] >= 100)]
+    target = eq["potential_energy_ev"].mean() + 0.5 * (3 * 3 - 3) * units.kB * s.temperature_K
+    prod = ts[ts["phase"] == "production"]
+    np.testing.assert_allclose(prod["total_energy_ev"].iloc[0], target, rtol=1e-9)
+    start = summary["nve_start"]
+    assert start["n_samples"] == 100 and start["velocity_scale"] != 1.0
+    np.testing.assert_allclose(start["target_total_energy_ev"], target, rtol=1e-9)
+
+    # killed right after the switch (checkpoint at the switch step): scaled once, not twice
+    def kill(done: int, total: int, phase: str) -> None:
+        if done == s.equilibration_steps + 1:
+            raise _Killed
+
+    atoms, calc = _toy()
+    with pytest.raises(_Killed):
+        run_md(atoms, calc, tmp_path / "run", settings=s, progress=kill)
+    atoms, calc = _toy()
+    resumed = run_md(atoms, calc, tmp_path / "run", settings=s)
+    got = read_timeseries(tmp_path / "run")
+    np.testing.assert_allclose(got["total_energy_ev"], ts["total_energy_ev"], rtol=0, atol=1e-12)
+    assert resumed["nve_start"] == start
+
+    # "as_is" keeps the last Langevin state
+    atoms, calc = _toy()
+    plain = run_md(
+        atoms,
+        calc,
+        tmp_path / "as_is",
+        settings=MDSettings(**{**s.__dict__, "nve_energy": "as_is"}),
+    )
+    assert "nve_start" not in plain
+    first = read_timeseries(tmp_path / "as_is")
+    np.testing.assert_allclose(
+        first["total_energy_ev"].iloc[199], ts["total_energy_ev"].iloc[199], rtol=0, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="nve_energy"):
+        MDSettings(nve_energy="nope")
+
+
 def test_nve_with_the_densnet_potential(tmp_path):
     from densnet_core.calculator import DenSNetCalculator
     from tests.core._md_tiny import WATER_A, tiny_potential
