@@ -43,20 +43,26 @@ class _Killed(Exception):
     pass
 
 
+def _killed_then_resumed(out: Path, s: MDSettings, kill_at: int) -> dict:
+    """Run the toy MD in ``out``, kill it at step ``kill_at``, rerun: the resumed summary."""
+
+    def kill(done: int, total: int, phase: str) -> None:
+        if done == kill_at:
+            raise _Killed
+
+    atoms, calc = _toy()
+    with pytest.raises(_Killed):
+        run_md(atoms, calc, out, settings=s, progress=kill)
+    atoms, calc = _toy()
+    return run_md(atoms, calc, out, settings=s)
+
+
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     s = MDSettings(steps=120, equilibration_steps=60, timestep_fs=0.5, checkpoint_interval=25)
     atoms, calc = _toy()
     run_md(atoms, calc, tmp_path / "ref", settings=s)
 
-    def kill(done: int, total: int, phase: str) -> None:
-        if done == 137:
-            raise _Killed
-
-    atoms, calc = _toy()
-    with pytest.raises(_Killed):
-        run_md(atoms, calc, tmp_path / "run", settings=s, progress=kill)
-    atoms, calc = _toy()
-    summary = run_md(atoms, calc, tmp_path / "run", settings=s)
+    summary = _killed_then_resumed(tmp_path / "run", s, kill_at=137)
     assert summary["resumed"] and summary["steps_run_now"] == 180 - 125
     ref, got = read_timeseries(tmp_path / "ref"), read_timeseries(tmp_path / "run")
     assert list(got["step"]) == list(range(181))
@@ -86,15 +92,7 @@ def test_nve_energy_is_the_canonical_mean(tmp_path):
     np.testing.assert_allclose(start["target_total_energy_ev"], target, rtol=1e-9)
 
     # killed right after the switch (checkpoint at the switch step): scaled once, not twice
-    def kill(done: int, total: int, phase: str) -> None:
-        if done == s.equilibration_steps + 1:
-            raise _Killed
-
-    atoms, calc = _toy()
-    with pytest.raises(_Killed):
-        run_md(atoms, calc, tmp_path / "run", settings=s, progress=kill)
-    atoms, calc = _toy()
-    resumed = run_md(atoms, calc, tmp_path / "run", settings=s)
+    resumed = _killed_then_resumed(tmp_path / "run", s, kill_at=s.equilibration_steps + 1)
     got = read_timeseries(tmp_path / "run")
     np.testing.assert_allclose(got["total_energy_ev"], ts["total_energy_ev"], rtol=0, atol=1e-12)
     assert resumed["nve_start"] == start
