@@ -411,8 +411,7 @@ def train_density(
             if progress is not None:
                 progress(
                     f"density epoch {epoch}/{epochs}: val (drho|drho)/N_e {v_dens:.3e} Eh, "
-                    f"dipole MAE {v_mu:.4f} D"
-                    + (f", loss {v:.3e}" if dipole_weight else "")
+                    f"dipole MAE {v_mu:.4f} D" + (f", loss {v:.3e}" if dipole_weight else "")
                 )
             if max_minutes is not None and time.monotonic() - t0 > 60.0 * max_minutes:
                 break
