@@ -92,6 +92,7 @@ ENERGY_WEIGHTS_FILE = "energy.safetensors"
 ENERGY_CONFIG_FILE = "energy_config.json"
 CARD_FILE = "model_card.json"
 DENSITY_SUBDIR = "density"
+CHECKPOINT_SUBDIR = "checkpoint"
 ENERGY_FORMAT = "densnet-energy-model"
 ENERGY_FORMAT_VERSION = 1
 
@@ -549,6 +550,8 @@ def train_energy(
     seed: int = 0,
     max_minutes: float | None = None,
     progress: Callable[[str], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    run_key: str = "",
 ) -> dict[str, Any]:
     """Fit the energy model (density frozen), or both networks (``joint=True``).
 
@@ -570,12 +573,25 @@ def train_energy(
         Stop after the epoch during which this wall time is passed.
     progress
         Called with one line per epoch.
+    checkpoint
+        File written atomically after every epoch (weights, optimiser and schedule states, best
+        weights, history; ``torch.load(weights_only=True)``). If it exists the run continues
+        after its last finished epoch and visits the same batches as an uninterrupted run, so
+        the result matches it to float round-off; a finished checkpoint just restores the best
+        weights.
+    run_key
+        Identity of the run (settings and data); a checkpoint with another key is refused.
 
     Returns
     -------
     dict
         ``history`` (per-epoch train/val loss), ``best_epoch``, ``best_val_loss``, ``epochs_run``,
-        ``seconds``.
+        ``seconds`` (of this call), ``resumed_from`` (epoch of the checkpoint, 0 if fresh).
+
+    Raises
+    ------
+    ValueError
+        The checkpoint belongs to another run (``run_key``, stage or epochs differ).
     """
     import copy
 
@@ -609,8 +625,58 @@ def train_energy(
             tot += float(loss_of(chunk, b, out).detach()) * len(chunk)
         return tot / max(1, len(samples))
 
-    epoch = 0
-    for epoch in range(1, epochs + 1):
+    stage = "joint" if joint else "energy"
+    ck_path = Path(checkpoint) if checkpoint is not None else None
+    start, finished = 1, False
+    if ck_path is not None and ck_path.is_file():
+        ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+        if (ck.get("run_key"), ck.get("stage"), ck.get("epochs")) != (run_key, stage, epochs):
+            raise ValueError(
+                f"{ck_path} belongs to another run (settings, data, stage or epochs differ); "
+                "use a new output folder or delete the checkpoint to start over"
+            )
+        potential.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        best_state, best, best_epoch = (
+            ck["best_state"],
+            float(ck["best_val_loss"]),
+            int(ck["best_epoch"]),
+        )
+        history = [dict(h) for h in ck["history"]]
+        start, finished = int(ck["epoch"]) + 1, bool(ck["finished"])
+        if progress is not None:
+            progress(f"{stage}: resuming after epoch {start - 1}/{epochs} (best {best_epoch})")
+
+    def save_checkpoint(epoch: int, done: bool) -> None:
+        if ck_path is None:
+            return
+        ck_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(ck_path) as fh:
+            torch.save(
+                {
+                    "format": "densnet-energy-checkpoint",
+                    "run_key": run_key,
+                    "stage": stage,
+                    "epochs": epochs,
+                    "epoch": epoch,
+                    "finished": done,
+                    "model": potential.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "best_state": best_state,
+                    "best_val_loss": float(best),
+                    "best_epoch": int(best_epoch),
+                    "history": history,
+                },
+                fh,
+            )
+
+    resumed_from = start - 1
+    epoch = start - 1
+    for epoch in range(start, epochs + 1):
+        if finished:
+            break
         te = time.monotonic()
         order = np.random.default_rng([seed, epoch]).permutation(len(train_s))
         potential.train()
@@ -639,6 +705,7 @@ def train_energy(
                 f"{tot / len(train_s):.4g} val {v:.4g} ({time.monotonic() - te:.1f} s)"
                 + (" *" if improved else "")
             )
+        save_checkpoint(epoch, epoch == epochs)
         if max_minutes is not None and time.monotonic() - t0 > 60.0 * max_minutes:
             break
     potential.load_state_dict(best_state)
@@ -651,6 +718,7 @@ def train_energy(
         "best_val_loss": best,
         "epochs_run": epoch,
         "seconds": time.monotonic() - t0,
+        "resumed_from": resumed_from,
     }
 
 
@@ -662,6 +730,12 @@ def _json_bytes(obj: Any) -> bytes:
         json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
         + "\n"
     ).encode()
+
+
+def _read_card(model_dir: Path) -> dict[str, Any]:
+    """The model card of a (density) model directory, or ``{}`` if there is none."""
+    path = model_dir / CARD_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def save_md_model(
@@ -843,13 +917,22 @@ def train_md_model(
     progress
         Called with status lines.
 
+    Notes
+    -----
+    Resumable: ``out_dir/checkpoint/`` keeps the trained density model (``density/``, its card
+    holding the run's key) and the energy stages' checkpoints (``energy_staged.pt``,
+    ``energy_joint.pt``, written after every epoch). Running again with the same settings and
+    labels continues where a killed run stopped (an energy stage cut by ``max_minutes_per_stage`` is
+    continued too); other settings or labels are refused (:func:`train_energy`). The number of
+    epochs is part of each stage's checkpoint, so a resumed run cannot change it.
+
     Returns
     -------
     dict
         ``model_dir``, ``metrics`` (``{"staged": {"train": ..., "validation": ...},
         "joint": ...}``), ``n_train``, ``n_val``, ``seconds``.
     """
-    from densnet_core.modelio import load_model
+    from densnet_core.modelio import load_model, save_model
     from densnet_core.train import infer_level
 
     t0 = time.monotonic()
@@ -867,9 +950,30 @@ def train_md_model(
     train_s = [samples[i] for i in train_idx]
     val_s = [samples[i] for i in val_idx]
     say(f"{len(samples)} labelled configurations: {len(train_s)} train, {len(val_s)} held out")
+    run = {
+        "level_hash": level.hash,
+        "density_init": str(density_init) if density_init else None,
+        "density_preset": density_preset,
+        "energy_preset": energy_preset,
+        "density_epochs": density_epochs,
+        "batch_size": batch_size,
+        "energy_lr": energy_lr,
+        "seed": seed,
+        "weights": [energy_weight, force_weight, density_dipole_weight],
+        "train": sorted(s.conformer_key for s in train_s),
+        "val": sorted(s.conformer_key for s in val_s),
+    }
+    run_key = hashlib.sha1(json.dumps(run, sort_keys=True).encode()).hexdigest()
+    ck_dir = Path(out_dir) / CHECKPOINT_SUBDIR
+    ck_density = ck_dir / DENSITY_SUBDIR
+    ck_card = _read_card(ck_density)
     if density_init is not None:
         density, _ = load_model(density_init)
         dens_metrics: dict[str, float] = {"init": str(density_init)}  # type: ignore[dict-item]
+    elif ck_card.get("run_key") == run_key:
+        density, _ = load_model(ck_density)
+        dens_metrics = dict(ck_card["density_metrics"])
+        say(f"density model of this run from {ck_density} (stage 1 done before)")
     else:
         density, dens_metrics = train_density(
             train_s,
@@ -882,6 +986,12 @@ def train_md_model(
             max_minutes=max_minutes_per_stage,
             dipole_weight=density_dipole_weight,
             progress=say,
+        )
+        save_model(
+            density,
+            ck_density,
+            level=level,
+            card={"role": "md-density", "run_key": run_key, "density_metrics": dens_metrics},
         )
     for p in density.parameters():
         p.requires_grad_(False)
@@ -898,6 +1008,8 @@ def train_md_model(
         seed=seed,
         max_minutes=max_minutes_per_stage,
         progress=say,
+        checkpoint=ck_dir / "energy_staged.pt",
+        run_key=run_key,
     )
     metrics: dict[str, Any] = {
         "density": dens_metrics,
@@ -954,6 +1066,8 @@ def train_md_model(
             seed=seed,
             max_minutes=max_minutes_per_stage,
             progress=say,
+            checkpoint=ck_dir / "energy_joint.pt",
+            run_key=run_key,
         )
         metrics["joint"] = {
             "train": evaluate_energy(pot, train_s),

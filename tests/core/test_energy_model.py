@@ -162,6 +162,51 @@ def test_staged_energy_training_reduces_the_loss():
     assert not any(p.requires_grad for p in pot.density.parameters())
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_energy_training_killed_then_resumed_matches_the_uninterrupted_run(tmp_path):
+    """A run stopped after epoch 2 of 4 and started again on its checkpoint ends with the
+    weights, best epoch and history of the run that was never stopped; other settings are
+    refused; a finished checkpoint only restores the best weights."""
+    from densnet_core.energy_train import prepare_energy_model
+
+    base = tiny_potential((1, 8), seed=4, dtype=torch.float32)
+    train, val = _synthetic_samples(base, 8, seed=0), _synthetic_samples(base, 4, seed=9)
+
+    def fresh():
+        return prepare_energy_model(base.density, train, level=base.level, preset="tiny", seed=0)
+
+    kw = dict(epochs=4, batch_size=4, lr=5e-3, run_key="k")
+    whole = fresh()
+    ref = train_energy(whole, train, val, **kw)
+
+    def kill_after_two(line: str) -> None:
+        if line.startswith("energy epoch 2/"):
+            raise _Killed
+
+    ck = tmp_path / "energy.pt"
+    with pytest.raises(_Killed):
+        train_energy(fresh(), train, val, checkpoint=ck, progress=kill_after_two, **kw)
+    # the kill came in epoch 2's progress line, before its checkpoint: epoch 1 is on disk
+    assert torch.load(ck, weights_only=True)["epoch"] == 1
+    with pytest.raises(ValueError, match="another run"):
+        train_energy(fresh(), train, val, checkpoint=ck, **{**kw, "run_key": "other"})
+    resumed = fresh()
+    got = train_energy(resumed, train, val, checkpoint=ck, **kw)
+    assert got["resumed_from"] == 1 and got["best_epoch"] == ref["best_epoch"]
+    for a, b in zip(got["history"], ref["history"], strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    again = fresh()
+    done = train_energy(again, train, val, checkpoint=ck, **kw)
+    assert done["resumed_from"] == 4 and len(done["history"]) == 4
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
 def test_density_stage_dipole_term_fits_the_label_dipoles():
     """``train_density(dipole_weight=...)`` fits label dipoles the density term alone does not
     see: targets = SAD prior densities, dipoles = fixed point charges (-0.8, 0.4, 0.4) e."""
