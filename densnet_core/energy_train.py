@@ -967,6 +967,11 @@ def train_md_model(
     ck_dir = Path(out_dir) / CHECKPOINT_SUBDIR
     ck_density = ck_dir / DENSITY_SUBDIR
     ck_card = _read_card(ck_density)
+    if ck_card and ck_card.get("run_key") != run_key:
+        raise ValueError(
+            f"{ck_dir} belongs to another run (settings or labels differ); "
+            "use a new output folder or delete the checkpoint to start over"
+        )
     if density_init is not None:
         density, _ = load_model(density_init)
         dens_metrics: dict[str, float] = {"init": str(density_init)}  # type: ignore[dict-item]

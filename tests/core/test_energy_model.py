@@ -262,3 +262,41 @@ def test_labels_without_polarizability():
     assert label[K.POLARIZABILITY_AU] is None and label[K.RESPONSE_COEFFS] is None
     assert len(label[K.DENSITY_COEFFS]) > 0 and len(label[K.FORCES_HARTREE_PER_BOHR]) == 3
     assert label[K.LEVEL_HASH] == level.hash
+
+
+def test_train_md_model_resumes_a_killed_run(tmp_path):
+    """``train_md_model`` killed in the energy stage: run again, it reuses the density model it
+    trained (no second density stage), continues the energy stage after its last checkpointed
+    epoch, and writes the model; other settings on the same folder are refused."""
+    from densnet_core.energy_train import train_md_model
+    from tests.core._tiny_labels import TINY_LEVEL, make_tiny_labels
+
+    labels = make_tiny_labels(tmp_path / "labels", n_conformers=2)  # 4 molecules x 3
+    out = tmp_path / "md-model"
+    kw = dict(level=TINY_LEVEL, energy_preset="tiny", density_epochs=2, energy_epochs=3,
+              batch_size=4, val_fraction=0.25)  # fmt: skip
+    lines: list[str] = []
+
+    def kill_in_epoch_two(line: str) -> None:
+        lines.append(line)
+        if line.startswith("energy epoch 2/"):
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_md_model(labels, out, progress=kill_in_epoch_two, **kw)
+    assert any(x.startswith("density epoch 2/") for x in lines)
+    assert not (out / "model_card.json").exists()
+    lines.clear()
+    result = train_md_model(labels, out, progress=lines.append, **kw)
+    assert not any(x.startswith("density epoch") for x in lines)
+    assert any("stage 1 done before" in x for x in lines)
+    assert any(x.startswith("energy: resuming after epoch 1/3") for x in lines)
+    assert [x.split(":")[0] for x in lines if x.startswith("energy epoch")] == [
+        "energy epoch 2/3",
+        "energy epoch 3/3",
+    ]
+    assert result["metrics"]["staged"]["epochs_run"] == 3
+    _, card = load_md_model(out)
+    assert card["training"] == "staged" and card["n_val_configurations"] == result["n_val"]
+    with pytest.raises(ValueError, match="another run"):
+        train_md_model(labels, out, **{**kw, "energy_lr": 1e-2})
