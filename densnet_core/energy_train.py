@@ -595,6 +595,8 @@ def train_energy(
     """
     import copy
 
+    from densnet_core.train import _atomic_torch_save
+
     torch.manual_seed(seed)
     dens = potential.density
     for p in dens.parameters():
@@ -627,7 +629,7 @@ def train_energy(
 
     stage = "joint" if joint else "energy"
     ck_path = Path(checkpoint) if checkpoint is not None else None
-    start, finished = 1, False
+    start = 1
     if ck_path is not None and ck_path.is_file():
         ck = torch.load(ck_path, map_location="cpu", weights_only=True)
         if (ck.get("run_key"), ck.get("stage"), ck.get("epochs")) != (run_key, stage, epochs):
@@ -644,39 +646,34 @@ def train_energy(
             int(ck["best_epoch"]),
         )
         history = [dict(h) for h in ck["history"]]
-        start, finished = int(ck["epoch"]) + 1, bool(ck["finished"])
+        start = int(ck["epoch"]) + 1  # epochs + 1 after a finished run: no epoch left
         if progress is not None:
             progress(f"{stage}: resuming after epoch {start - 1}/{epochs} (best {best_epoch})")
 
-    def save_checkpoint(epoch: int, done: bool) -> None:
+    def save_checkpoint(epoch: int) -> None:
         if ck_path is None:
             return
-        ck_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(ck_path) as fh:
-            torch.save(
-                {
-                    "format": "densnet-energy-checkpoint",
-                    "run_key": run_key,
-                    "stage": stage,
-                    "epochs": epochs,
-                    "epoch": epoch,
-                    "finished": done,
-                    "model": potential.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "best_state": best_state,
-                    "best_val_loss": float(best),
-                    "best_epoch": int(best_epoch),
-                    "history": history,
-                },
-                fh,
-            )
+        _atomic_torch_save(
+            {
+                "format": "densnet-energy-checkpoint",
+                "run_key": run_key,
+                "stage": stage,
+                "epochs": epochs,
+                "epoch": epoch,
+                "model": potential.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "best_state": best_state,
+                "best_val_loss": float(best),
+                "best_epoch": int(best_epoch),
+                "history": history,
+            },
+            ck_path,
+        )
 
     resumed_from = start - 1
     epoch = start - 1
     for epoch in range(start, epochs + 1):
-        if finished:
-            break
         te = time.monotonic()
         order = np.random.default_rng([seed, epoch]).permutation(len(train_s))
         potential.train()
@@ -705,7 +702,7 @@ def train_energy(
                 f"{tot / len(train_s):.4g} val {v:.4g} ({time.monotonic() - te:.1f} s)"
                 + (" *" if improved else "")
             )
-        save_checkpoint(epoch, epoch == epochs)
+        save_checkpoint(epoch)
         if max_minutes is not None and time.monotonic() - t0 > 60.0 * max_minutes:
             break
     potential.load_state_dict(best_state)
@@ -730,12 +727,6 @@ def _json_bytes(obj: Any) -> bytes:
         json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
         + "\n"
     ).encode()
-
-
-def _read_card(model_dir: Path) -> dict[str, Any]:
-    """The model card of a (density) model directory, or ``{}`` if there is none."""
-    path = model_dir / CARD_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def save_md_model(
@@ -932,6 +923,7 @@ def train_md_model(
         ``model_dir``, ``metrics`` (``{"staged": {"train": ..., "validation": ...},
         "joint": ...}``), ``n_train``, ``n_val``, ``seconds``.
     """
+    from densnet_core.modelio import CONFIG_FILE as MODEL_CONFIG_FILE
     from densnet_core.modelio import load_model, save_model
     from densnet_core.train import infer_level
 
@@ -966,18 +958,19 @@ def train_md_model(
     run_key = hashlib.sha1(json.dumps(run, sort_keys=True).encode()).hexdigest()
     ck_dir = Path(out_dir) / CHECKPOINT_SUBDIR
     ck_density = ck_dir / DENSITY_SUBDIR
-    ck_card = _read_card(ck_density)
-    if ck_card and ck_card.get("run_key") != run_key:
-        raise ValueError(
-            f"{ck_dir} belongs to another run (settings or labels differ); "
-            "use a new output folder or delete the checkpoint to start over"
-        )
+    ck_model = None  # the density model a killed run of these settings trained
+    if (ck_density / MODEL_CONFIG_FILE).is_file():
+        ck_model, ck_info = load_model(ck_density)
+        if ck_info.card.get("run_key") != run_key:
+            raise ValueError(
+                f"{ck_dir} belongs to another run (settings or labels differ); "
+                "use a new output folder or delete the checkpoint to start over"
+            )
     if density_init is not None:
         density, _ = load_model(density_init)
         dens_metrics: dict[str, float] = {"init": str(density_init)}  # type: ignore[dict-item]
-    elif ck_card.get("run_key") == run_key:
-        density, _ = load_model(ck_density)
-        dens_metrics = dict(ck_card["density_metrics"])
+    elif ck_model is not None:
+        density, dens_metrics = ck_model, dict(ck_info.card["density_metrics"])
         say(f"density model of this run from {ck_density} (stage 1 done before)")
     else:
         density, dens_metrics = train_density(
