@@ -56,6 +56,30 @@ FUNCTIONAL_GROUP_SEEDS: tuple[tuple[str, str], ...] = (
     ("aniline", "Nc1ccccc1"),
 )
 
+#: Drug-like fragments the NCI picks lack (aryl ethers, sulfones, aryl sulfonamides, anilides,
+#: aryl acids/esters/amides, CF3-aryl, a biaryl), ≤ 11 heavy atoms. Appended *after* the MaxMin
+#: picks, so adding them changed neither the picks nor the conformers of the earlier molecules.
+#: None is one of the benchmark heterocycles (``data/benchmarks/heterocycles.smi``).
+DRUG_FRAGMENT_SEEDS: tuple[tuple[str, str], ...] = (
+    ("acetone", "CC(C)=O"),
+    ("dimethyl_sulfone", "CS(C)(=O)=O"),
+    ("N-methylacetamide", "CNC(C)=O"),
+    ("N,N-dimethylformamide", "CN(C)C=O"),
+    ("anisole", "COc1ccccc1"),
+    ("2-methoxypyridine", "COc1ccccn1"),
+    ("benzoic_acid", "OC(=O)c1ccccc1"),
+    ("benzamide", "NC(=O)c1ccccc1"),
+    ("4-hydroxybenzonitrile", "N#Cc1ccc(O)cc1"),
+    ("N-(thiazol-2-yl)methanesulfonamide", "CS(=O)(=O)Nc1nccs1"),
+    ("benzenesulfonamide", "NS(=O)(=O)c1ccccc1"),
+    ("methyl_phenyl_sulfone", "CS(=O)(=O)c1ccccc1"),
+    ("acetanilide", "CC(=O)Nc1ccccc1"),
+    ("methyl_benzoate", "COC(=O)c1ccccc1"),
+    ("trifluorotoluene", "FC(F)(F)c1ccccc1"),
+    ("2,2'-bithiophene", "c1csc(-c2cccs2)c1"),
+    ("N-phenylmethanesulfonamide", "CS(=O)(=O)Nc1ccccc1"),
+)
+
 
 @dataclass(frozen=True)
 class SeedMolecule:
@@ -140,6 +164,7 @@ def select_seed_set(
     max_heavy_atoms: int = 12,
     elements: Sequence[str] = DEFAULT_ELEMENTS,
     include: Sequence[tuple[str, str]] = FUNCTIONAL_GROUP_SEEDS,
+    append: Sequence[tuple[str, str]] = DRUG_FRAGMENT_SEEDS,
     seed: int = 42,
 ) -> list[SeedMolecule]:
     """Pick a diverse seed set.
@@ -156,13 +181,18 @@ def select_seed_set(
         Only molecules made entirely of these elements are eligible.
     include
         (name, SMILES) pairs always included, first (functional groups the pool may lack).
+    append
+        (name, SMILES) pairs always included, last (source ``"drug_fragments"``); they take
+        no part in the MaxMin pick, so they leave the picks unchanged. Not subject to
+        ``max_heavy_atoms``; a SMILES already chosen is skipped.
     seed
         Seed of the MaxMin picker (the pick is deterministic for a given pool and seed).
 
     Returns
     -------
     list[SeedMolecule]
-        ``include`` first, then the picks in MaxMin order; no canonical SMILES twice.
+        ``include`` first, then the picks in MaxMin order, then ``append``; no canonical
+        SMILES twice.
     """
     RDLogger.DisableLog("rdApp.*")
     allowed = frozenset(elements)
@@ -187,16 +217,34 @@ def select_seed_set(
             continue
         seen.add(can)
         candidates.append((name, can))
-    if n_from_pool <= 0 or not candidates:
-        return chosen
+    if n_from_pool > 0 and candidates:
+        chosen.extend(_maxmin_picks(chosen, candidates, n_from_pool, seed))
+    have = {m.smiles for m in chosen}
+    for name, smi in append:
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None:
+            raise ValueError(f"appended seed {name!r} has an invalid SMILES {smi!r}")
+        can = Chem.MolToSmiles(mol)
+        if can not in have:
+            have.add(can)
+            chosen.append(SeedMolecule(name=name, smiles=can, source="drug_fragments"))
+    return chosen
+
+
+def _maxmin_picks(
+    chosen: Sequence[SeedMolecule],
+    candidates: Sequence[tuple[str, str]],
+    n_from_pool: int,
+    seed: int,
+) -> list[SeedMolecule]:
+    """``n_from_pool`` MaxMin picks from ``candidates`` that complement ``chosen``."""
     smiles_all = [m.smiles for m in chosen] + [s for _, s in candidates]
     fps = morgan_fingerprints(smiles_all)
     n_fixed = len(chosen)
     n = min(n_from_pool, len(candidates))
     # The included molecules are the first picks, so the MaxMin picks complement them.
     picks = maxmin_pick(fps, n_fixed + n, first_picks=list(range(n_fixed)), seed=seed)
-    chosen.extend(
+    return [
         SeedMolecule(name=candidates[i - n_fixed][0], smiles=smiles_all[i], source="maxmin")
         for i in list(picks)[n_fixed:]
-    )
-    return chosen
+    ]

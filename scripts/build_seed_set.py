@@ -11,6 +11,14 @@ geometries). Label it with the project's own label flow (resumable):
 
 Rows are ordered round-robin (every molecule's first conformer, then every molecule's
 distorted one, ...), so a partly labelled set still covers every molecule.
+
+    python scripts/build_seed_set.py -o data/seed --append
+
+keeps the rows of an existing ``conformers.parquet`` exactly as they are (their labels stay
+valid: conformer keys are geometry hashes, and the conformer code has changed since the first
+molecules were embedded) and adds conformers only for the molecules of the selection it does
+not hold yet (by canonical SMILES), after the existing rows. This is how the
+``drug_fragments`` block was added.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from rdkit import RDConfig
+from rdkit import Chem, RDConfig
 
 from densnet_core import keys as K
 from densnet_core import store
@@ -60,6 +68,11 @@ def main() -> None:
     ap.add_argument("--n-distorted", type=int, default=1)
     ap.add_argument("--sigma-angstrom", type=float, default=0.08)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep an existing conformers.parquet and add only the molecules it lacks",
+    )
     args = ap.parse_args()
 
     seeds = select_seed_set(
@@ -71,9 +84,18 @@ def main() -> None:
         writer.writerow(["name", "smiles", "source"])
         writer.writerows((s.name, s.smiles, s.source) for s in seeds)
 
+    existing: list[dict] = []
+    have: set[str] = set()
+    if args.append and (args.out / "conformers.parquet").is_file():
+        table = store.read_table(args.out / "conformers.parquet", "conformers")
+        existing = table.to_dict("records")
+        have = {Chem.CanonSmiles(s) for s in table[K.SMILES]}
+
     rng = np.random.default_rng(args.seed)
     per_molecule: list[list[dict]] = []
     for index, seed in enumerate(seeds):
+        if seed.smiles in have:
+            continue
         rows = generate_conformers(
             {"record_index": index, "name": seed.name, "smiles": seed.smiles},
             n_conformers=args.n_conformers,
@@ -88,15 +110,18 @@ def main() -> None:
             # lowest conformer, then distorted, then the other conformers
             rows = [rows[0], *rows[n:], *rows[1:n]]
         per_molecule.append(rows)
-    ordered = []
-    depth = max(len(r) for r in per_molecule)
+    ordered = list(existing)
+    depth = max((len(r) for r in per_molecule), default=0)
     for k in range(depth):
         ordered.extend(rows[k] for rows in per_molecule if k < len(rows))
     path = store.write_table(ordered, args.out / "conformers.parquet", "conformers")
     counts: dict[str, int] = {}
     for row in ordered:
         counts[row[K.STATUS]] = counts.get(row[K.STATUS], 0) + 1
-    print(f"{len(seeds)} molecules, {len(ordered)} conformer rows {counts} -> {path}")
+    print(
+        f"{len(seeds)} molecules ({len(per_molecule)} new), {len(ordered)} conformer rows "
+        f"{counts} -> {path}"
+    )
 
 
 if __name__ == "__main__":

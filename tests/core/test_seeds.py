@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from rdkit import Chem, RDConfig
 
-from densnet_core.seeds import FUNCTIONAL_GROUP_SEEDS, select_seed_set
+from densnet_core.seeds import DRUG_FRAGMENT_SEEDS, FUNCTIONAL_GROUP_SEEDS, select_seed_set
 
 NCI = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
 
@@ -25,11 +25,16 @@ def pool() -> list[tuple[str, str]]:
 def test_seed_set_is_filtered_unique_deterministic_and_diverse(pool):
     seeds = select_seed_set(pool, n_from_pool=40, max_heavy_atoms=10)
     n_fixed = len({Chem.CanonSmiles(s) for _, s in FUNCTIONAL_GROUP_SEEDS})
-    assert len(seeds) == n_fixed + 40
-    assert [s.source for s in seeds[:n_fixed]] == ["functional_groups"] * n_fixed
+    sources = [s.source for s in seeds]
+    assert sources[:n_fixed] == ["functional_groups"] * n_fixed
+    assert sources[n_fixed : n_fixed + 40] == ["maxmin"] * 40
+    assert set(sources[n_fixed + 40 :]) == {"drug_fragments"}
     smiles = [s.smiles for s in seeds]
     assert len(set(smiles)) == len(smiles)
-    for s in seeds[n_fixed:]:
+    # the appended fragments leave the MaxMin picks as they were
+    without = select_seed_set(pool, n_from_pool=40, max_heavy_atoms=10, append=())
+    assert without == seeds[: n_fixed + 40]
+    for s in seeds[n_fixed : n_fixed + 40]:
         mol = Chem.MolFromSmiles(s.smiles)
         assert mol.GetNumHeavyAtoms() <= 10
         assert {a.GetSymbol() for a in mol.GetAtoms()} <= {"C", "N", "O", "F", "P", "S", "Cl", "Br"}
@@ -51,5 +56,19 @@ def test_seed_set_is_filtered_unique_deterministic_and_diverse(pool):
         mol = Chem.MolFromSmiles(smi)
         if mol is not None and mol.GetNumHeavyAtoms() <= 10 and "." not in smi:
             in_file_order.append(Chem.MolToSmiles(mol))
-    picked = [s.smiles for s in seeds[n_fixed:]]
+    picked = [s.smiles for s in seeds[n_fixed : n_fixed + 40]]
     assert mean_similarity(picked) < 0.8 * mean_similarity(in_file_order[:40])
+
+
+def test_drug_fragments_are_not_benchmark_heterocycles():
+    """The unseen-heterocycle benchmark must stay unseen: no fragment is one of its molecules."""
+    smi = Path(__file__).resolve().parents[2] / "data" / "benchmarks" / "heterocycles.smi"
+    bench = {
+        Chem.MolToInchiKey(Chem.MolFromSmiles(line.split()[0]))
+        for line in smi.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert len(bench) >= 16
+    frags = {Chem.MolToInchiKey(Chem.MolFromSmiles(s)) for _, s in DRUG_FRAGMENT_SEEDS}
+    assert len(frags) == len(DRUG_FRAGMENT_SEEDS)
+    assert not frags & bench
