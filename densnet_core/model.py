@@ -786,8 +786,8 @@ class DensityModel(nn.Module):
         :func:`project_electron_count`.
     charge_transfer
         Make the Δ density's atomic charges local (the presets' choice; False for configs
-        that predate the option): every atom's Δ is first made neutral (along that atom's own SAD prior), then
-        receives the charge that flows to it from its neighbours, q_A = sum_B t_AB with
+        that predate the option): every atom's Δ is first made neutral (along that atom's
+        own SAD prior), then receives the charge that flows to it from its neighbours, q_A = sum_B t_AB with
         t_AB = g(s_A, s_B, r_AB) - g(s_B, s_A, r_AB) (antisymmetric, so the flows sum to zero;
         s = the scalar readout features, g an MLP, times the cutoff envelope, so it is smooth
         at the cutoff). Electrons then move only between atoms closer than the cutoff, and
