@@ -785,17 +785,17 @@ class DensityModel(nn.Module):
         the charge-integral direction for a batch built without a prior. See
         :func:`project_electron_count`.
     charge_transfer
-        Make the Δ density's atomic charges local (the presets' choice; False for configs
-        that predate the option): every atom's Δ is first made neutral (along that atom's
-        own SAD prior), then receives the charge that flows to it from its neighbours, q_A = sum_B t_AB with
-        t_AB = g(s_A, s_B, r_AB) - g(s_B, s_A, r_AB) (antisymmetric, so the flows sum to zero;
-        s = the scalar readout features, g an MLP, times the cutoff envelope, so it is smooth
-        at the cutoff). Electrons then move only between atoms closer than the cutoff, and
-        the Δ of any fragment farther than that from the rest is neutral by construction.
+        Make the Δ density's atomic charges local (the presets' choice; False for configs that
+        predate the option): every atom's Δ is first made neutral (along that atom's own SAD
+        prior), then receives the charge that flows to it from its neighbours, q_A = sum_B t_AB
+        with t_AB = g(s_A, s_B, r_AB) - g(s_B, s_A, r_AB) (antisymmetric, so the flows sum to
+        zero; s = the scalar readout features, g an MLP, times the cutoff envelope, so it is
+        smooth at the cutoff). Electrons then move only between atoms closer than the cutoff,
+        and the Δ of any fragment farther than that from the rest is neutral by construction.
         Without it, the heads' free atomic charges add up to a net charge that grows with the
         molecule (~+0.03 e per atom on drug-sized molecules) and the global electron-count
-        projection removes it elsewhere: tens of debye of spurious dipole. The response is
-        not affected (a field does move charge across the molecule).
+        projection removes it elsewhere: tens of debye of spurious dipole. The response is not
+        affected (a field does move charge across the molecule).
     preset
         Name of the preset the values came from (recorded in the config only).
     """
