@@ -124,12 +124,16 @@ def test_killed_label_run_resumes_without_recomputing(tmp_path):
         "--batch-size",
         "2",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # its own process group, so the kill takes the run's ephemeral Prefect server with it (a
+    # SIGKILLed parent cannot stop it; it would outlive the test as an orphan)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 600
     while len(store.part_files(labels_dir)) < 3 and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read().decode()
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = _labels(labels_dir)
     assert 3 <= len(first) < len(series), "the run should have been killed half-way"
