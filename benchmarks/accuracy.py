@@ -484,8 +484,11 @@ def format_set(key: str, res: dict[str, Any], *, per_molecule: bool) -> str:
         met = math.isfinite(v) and v <= goals[c]
         verdicts.append(f"{name} {'met' if met else 'NOT met'}")
         if BEAT_XTB[key]:
-            better = math.isfinite(v) and (not math.isfinite(xtb[c]) or v < xtb[c])
-            verdicts.append(f"{name} {'better' if better else 'NOT better'} than GFN2-xTB")
+            if not math.isfinite(xtb[c]):
+                verdicts.append(f"{name} not compared with GFN2-xTB (no xTB number)")
+            else:
+                better = math.isfinite(v) and v < xtb[c]
+                verdicts.append(f"{name} {'better' if better else 'NOT better'} than GFN2-xTB")
     lines.append("  goals: " + "; ".join(verdicts))
     floor = f"label fit vs SCF (fitting floor): stored {res['label_floor_stored_pct']:.2f} %"
     if res["n_exact_scf"]:

@@ -1,8 +1,11 @@
 """Build fragment seeds ("amons") of a library: small molecules covering its atom environments.
 
     python scripts/build_fragment_seeds.py -o data/seed/fragments --n 40
+    python scripts/build_fragment_seeds.py -o data/seed/fragments-nci --library nci \
+        --prefix fragn --n 60
 
-reads the ChEMBL lead-optimization series shipped with RDKit (``--library`` for another .smi),
+reads the ChEMBL lead-optimization series shipped with RDKit (``--library nci``: RDKit's NCI
+``first_5K.smi``; or any .smi path),
 enumerates its capped fragments (``densnet_core.fragments``, <= ``--max-heavy-atoms``), drops
 those already labelled (``--labels``) or in the heterocycle benchmark (kept unseen), picks
 greedily the ones that cover the most library atoms whose radius-1 environment no label has,
@@ -26,6 +29,8 @@ from rdkit import RDConfig
 from densnet_core import fragments as F
 
 CHEMBL = Path(RDConfig.RDContribDir) / "FreeWilson" / "data" / "CHEMBL2321810.smi"
+NCI = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
+LIBRARIES = {"chembl": CHEMBL, "nci": NCI}
 
 
 def _smi(path: Path) -> list[str]:
@@ -39,14 +44,18 @@ def _smi(path: Path) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", type=Path, required=True)
-    ap.add_argument("--library", type=Path, default=CHEMBL)
+    ap.add_argument("--library", default="chembl", help="chembl, nci or a .smi path")
     ap.add_argument("--labels", type=Path, default=Path("data/seed/labels"))
     ap.add_argument("--exclude", type=Path, default=Path("data/benchmarks/heterocycles.smi"))
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--max-heavy-atoms", type=int, default=10)
+    ap.add_argument(
+        "--prefix", default="frag", help="name prefix; use a new one per round (names are ids)"
+    )
     args = ap.parse_args()
 
-    frags, counts = F.library_fragments(_smi(args.library), max_heavy_atoms=args.max_heavy_atoms)
+    library = LIBRARIES.get(args.library, Path(args.library))
+    frags, counts = F.library_fragments(_smi(library), max_heavy_atoms=args.max_heavy_atoms)
     parts = glob.glob(str(args.labels / "part-*.parquet"))
     labelled = pd.concat([pd.read_parquet(p, columns=["smiles"]) for p in parts]).smiles.tolist()
     covered = F.covered_environments(labelled)
@@ -62,7 +71,7 @@ def main() -> None:
         w = csv.writer(fh)
         w.writerow(["name", "smiles", "n_heavy_atoms", "n_parents", "gain_atoms"])
         for i, (frag, gain) in enumerate(picks):
-            name = f"frag-{i:03d}"
+            name = f"{args.prefix}-{i:03d}"
             w.writerow([name, frag.smiles, frag.n_heavy_atoms, frag.n_parents, gain])
             print(
                 f"{name}  {frag.smiles:<28} heavy {frag.n_heavy_atoms:2d}  parents "
