@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import rdkit.RDConfig as RDConfig
+from densnet_core.inputs import CHEMBL_SERIES, rdkit_data_path
 
-CHEMBL = Path(RDConfig.RDContribDir) / "FreeWilson" / "data" / "CHEMBL2321810.smi"
+CHEMBL = rdkit_data_path(CHEMBL_SERIES)
 
 
 def _load() -> str:

@@ -29,22 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rdkit import RDConfig
 
 from densnet_core import keys as K
+from densnet_core.inputs import CHEMBL_SERIES, read_records
 from densnet_core.units import BOHR_PER_ANGSTROM, DEBYE_PER_AU
 
-SERIES = Path(RDConfig.RDContribDir) / "FreeWilson" / "data" / "CHEMBL2321810.smi"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def draw(n: int, seed: int) -> list[tuple[str, str]]:
     """``n`` (name, SMILES) of the ChEMBL series, drawn without replacement (file order kept)."""
-    rows = []
-    for line in SERIES.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            rows.append((f"CHEMBL-{parts[1]}", parts[0]))
+    rows = [(f"CHEMBL-{r.name}", r.smiles) for r in read_records(CHEMBL_SERIES) if r.smiles]
     pick = np.sort(
         np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
     )

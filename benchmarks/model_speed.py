@@ -26,10 +26,12 @@ ANGSTROM_TO_BOHR = 1.0 / 0.529177210903
 
 def load_molecules(n: int, seed: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """Up to ``n`` RDKit-embedded ChEMBL molecules as (numbers, positions_bohr)."""
-    from rdkit import Chem, RDConfig
+    from rdkit import Chem
     from rdkit.Chem import AllChem
 
-    path = RDConfig.RDContribDir + "/FreeWilson/data/CHEMBL2321810.smi"
+    from densnet_core.inputs import CHEMBL_SERIES, rdkit_data_path
+
+    path = rdkit_data_path(CHEMBL_SERIES)
     out = []
     with open(path) as fh:
         for line in fh:

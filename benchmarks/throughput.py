@@ -44,7 +44,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SERIES = "FreeWilson/data/CHEMBL2321810.smi"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -84,18 +83,16 @@ def report(preset: str, what: str, n: int, wall: float, cpu: float) -> None:
 # ---- inputs (made once, not timed) -----------------------------------------------------------
 def conformers_table(work: Path) -> Path:
     """The series' conformers table (conformer stage: ETKDG + MMFF)."""
-    from rdkit import RDConfig
-
     from densnet_core import store
     from densnet_core.conformers import process_records
-    from densnet_core.inputs import read_records
+    from densnet_core.inputs import CHEMBL_SERIES, read_records
     from densnet_core.settings import available_cores
 
     out = work / "chembl-conformers.parquet"
     if out.exists():
         return out
     t0 = time.perf_counter()
-    records = read_records(os.path.join(RDConfig.RDContribDir, SERIES))
+    records = read_records(CHEMBL_SERIES)
     rows = process_records(records, workers=available_cores())
     store.write_table(rows, out, "conformers")
     print(f"embedded {len(records)} records in {time.perf_counter() - t0:.1f} s (not timed)")

@@ -36,6 +36,13 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 _HEADER_FIRST = {"smiles", "smi", "canonical_smiles", "isomeric_smiles"}
 
+#: Prefix of a path inside RDKit's installed data (``Data/...``) or contributions (``Contrib/...``).
+RDKIT_PREFIX = "rdkit:"
+#: RDKit's 5,000 NCI compounds (salts, metals and odd valences included).
+NCI_FIRST_5K = "rdkit:Data/NCI/first_5K.smi"
+#: RDKit's 1,017-compound ChEMBL lead-optimisation series (Free-Wilson example).
+CHEMBL_SERIES = "rdkit:Contrib/FreeWilson/data/CHEMBL2321810.smi"
+
 
 class InputFileError(ValueError):
     """The input file as a whole cannot be read (missing, unknown format, no SMILES column)."""
@@ -156,6 +163,37 @@ def as_record(record: InputRecord | Mapping[str, Any] | str) -> InputRecord:
     return InputRecord.from_dict(record)
 
 
+def rdkit_data_path(path: str | os.PathLike[str]) -> Path:
+    """Resolve an ``rdkit:`` path to the file inside RDKit's installation; others unchanged.
+
+    ``rdkit:Data/NCI/first_5K.smi`` is looked up under RDKit's ``RDDataDir`` and
+    ``rdkit:Contrib/FreeWilson/...`` under ``RDContribDir``, so wheel installs (both under
+    ``site-packages/rdkit``) and conda installs (``share/RDKit``) both work.
+
+    Parameters
+    ----------
+    path
+        ``rdkit:<Data|Contrib>/<relative path>``, or any other path (returned as a Path).
+
+    Returns
+    -------
+    Path
+        The resolved file path. It is returned even if it does not exist, so that the caller
+        reports the missing file by its real location.
+    """
+    text = os.fspath(path)
+    if not text.startswith(RDKIT_PREFIX):
+        return Path(text)
+    from rdkit import RDConfig
+
+    rel = text.removeprefix(RDKIT_PREFIX).lstrip("/")
+    top, _, rest = rel.partition("/")
+    roots = {"Data": RDConfig.RDDataDir, "Contrib": RDConfig.RDContribDir}
+    if top in roots:
+        return Path(roots[top]) / rest
+    return Path(RDConfig.RDDataDir).parent / rel
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """The input format of ``path``: "smiles", "csv", "sdf" or "conformers".
 
@@ -164,7 +202,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     InputFileError
         If the file does not exist or its format is not recognised.
     """
-    path = Path(path)
+    path = rdkit_data_path(path)
     if not path.exists():
         raise InputFileError(f"input file not found: {path}")
     if path.is_dir():
@@ -198,7 +236,8 @@ def read_records(path: str | os.PathLike[str]) -> list[InputRecord]:
         ``.smi``/``.smiles``/``.txt`` (one SMILES per line, optional name after whitespace,
         ``#`` comments and blank lines skipped, a ``smiles name`` header skipped), ``.csv``
         (a ``smiles`` column, case-insensitive, optional ``name``), ``.sdf``/``.mol`` (title
-        line = name), or a conformers Parquet table (rows passed through).
+        line = name), or a conformers Parquet table (rows passed through). An ``rdkit:``
+        path names a file of RDKit's bundled data (see :func:`rdkit_data_path`).
 
     Returns
     -------
@@ -210,7 +249,7 @@ def read_records(path: str | os.PathLike[str]) -> list[InputRecord]:
     InputFileError
         Missing file, unknown format, or a CSV without a SMILES column.
     """
-    path = Path(path)
+    path = rdkit_data_path(path)
     fmt = detect_format(path)
     if fmt == "conformers":
         records = _read_conformers_table(path)

@@ -18,8 +18,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
-from rdkit import RDConfig
 
+from densnet_core.inputs import RDKIT_PREFIX, rdkit_data_path
 from densnet_core.level import LevelOfTheory
 from densnet_core.predict import ModelNotFoundError, model_identity, resolve_model_dir
 from flows.label import label_flow
@@ -68,13 +68,8 @@ class PipelineConfig(BaseModel):
 
 
 def _resolve(path: str, base: Path) -> str:
-    if path.startswith("rdkit:"):
-        rel = path.removeprefix("rdkit:")
-        root = Path(RDConfig.RDDataDir).parent  # .../rdkit (holds Data/ and Contrib/)
-        for candidate in (root / rel, Path(RDConfig.RDContribDir) / rel.removeprefix("Contrib/")):
-            if candidate.exists():
-                return str(candidate)
-        return str(root / rel)
+    if path.startswith(RDKIT_PREFIX):
+        return str(rdkit_data_path(path))
     p = Path(path)
     return str(p if p.is_absolute() else base / p)
 

@@ -24,21 +24,16 @@ import glob
 from pathlib import Path
 
 import pandas as pd
-from rdkit import RDConfig
 
 from densnet_core import fragments as F
+from densnet_core.inputs import CHEMBL_SERIES, NCI_FIRST_5K, read_records
 
-CHEMBL = Path(RDConfig.RDContribDir) / "FreeWilson" / "data" / "CHEMBL2321810.smi"
-NCI = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
-LIBRARIES = {"chembl": CHEMBL, "nci": NCI}
+LIBRARIES = {"chembl": CHEMBL_SERIES, "nci": NCI_FIRST_5K}
 
 
-def _smi(path: Path) -> list[str]:
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            out.append(line.split()[0])
-    return out
+def _smi(path: str | Path) -> list[str]:
+    """The SMILES of every readable record of an input file (``rdkit:`` paths allowed)."""
+    return [r.smiles for r in read_records(path) if r.smiles and not r.error]
 
 
 def main() -> None:
@@ -47,6 +42,14 @@ def main() -> None:
     ap.add_argument("--library", default="chembl", help="chembl, nci or a .smi path")
     ap.add_argument("--labels", type=Path, default=Path("data/seed/labels"))
     ap.add_argument("--exclude", type=Path, default=Path("data/benchmarks/heterocycles.smi"))
+    ap.add_argument(
+        "--queued",
+        type=Path,
+        action="append",
+        default=[],
+        help="input file (e.g. an earlier round's conformers table) of molecules not yet "
+        "labelled but queued: counted as covered and not picked again; repeatable",
+    )
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--max-heavy-atoms", type=int, default=10)
     ap.add_argument(
@@ -54,10 +57,11 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    library = LIBRARIES.get(args.library, Path(args.library))
+    library = LIBRARIES.get(args.library, args.library)
     frags, counts = F.library_fragments(_smi(library), max_heavy_atoms=args.max_heavy_atoms)
     parts = glob.glob(str(args.labels / "part-*.parquet"))
     labelled = pd.concat([pd.read_parquet(p, columns=["smiles"]) for p in parts]).smiles.tolist()
+    labelled += [smi for path in args.queued for smi in _smi(path)]
     covered = F.covered_environments(labelled)
     exclude = labelled + (_smi(args.exclude) if args.exclude.exists() else [])
     picks = F.select_fragments(frags, counts, args.n, covered=covered, exclude_smiles=exclude)

@@ -28,22 +28,17 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from rdkit import Chem, RDConfig
+from rdkit import Chem
 
 from densnet_core import keys as K
 from densnet_core import store
 from densnet_core.conformers import conformer_key, generate_conformers
+from densnet_core.inputs import NCI_FIRST_5K, read_records
 from densnet_core.seeds import select_seed_set
 
 
 def _nci_pool() -> list[tuple[str, str]]:
-    path = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
-    pool = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            pool.append((f"NCI-{parts[1]}", parts[0]))
-    return pool
+    return [(f"NCI-{r.name}", r.smiles) for r in read_records(NCI_FIRST_5K) if r.smiles]
 
 
 def distort(row: dict, *, sigma_angstrom: float, rng: np.random.Generator, cid: int) -> dict:

@@ -6,12 +6,19 @@ import logging
 from pathlib import Path
 
 import pytest
-import rdkit.RDConfig as RDConfig
 
-from densnet_core.inputs import InputFileError, InputRecord, read_records, split_batches
+from densnet_core.inputs import (
+    CHEMBL_SERIES,
+    NCI_FIRST_5K,
+    InputFileError,
+    InputRecord,
+    rdkit_data_path,
+    read_records,
+    split_batches,
+)
 
-NCI = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
-CHEMBL = Path(RDConfig.RDContribDir) / "FreeWilson" / "data" / "CHEMBL2321810.smi"
+NCI = rdkit_data_path(NCI_FIRST_5K)
+CHEMBL = rdkit_data_path(CHEMBL_SERIES)
 
 
 def test_smiles_with_header_comments_blank_lines(tmp_path: Path) -> None:
@@ -98,6 +105,20 @@ def test_rdkit_reference_files() -> None:
     assert len(chembl) == 1017
     assert chembl[0].name.startswith("CHEMBL") or chembl[0].name.isdigit()
     assert all(r.error == "" for r in chembl)
+
+
+def test_rdkit_paths_name_the_bundled_files() -> None:
+    from rdkit import RDConfig
+
+    assert NCI == Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi" and NCI.is_file()
+    assert CHEMBL == Path(RDConfig.RDContribDir) / "FreeWilson/data/CHEMBL2321810.smi"
+    assert CHEMBL.is_file()
+    assert rdkit_data_path("plain/file.smi") == Path("plain/file.smi")
+    assert [r.smiles for r in read_records(CHEMBL_SERIES)] == [
+        r.smiles for r in read_records(CHEMBL)
+    ]
+    with pytest.raises(InputFileError, match=r"not found: .*Data/NCI/missing\.smi"):
+        read_records("rdkit:Data/NCI/missing.smi")
 
 
 def test_record_dict_round_trip() -> None:

@@ -5,21 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rdkit import Chem, RDConfig
+from rdkit import Chem
 
+from densnet_core.inputs import NCI_FIRST_5K, read_records
 from densnet_core.seeds import DRUG_FRAGMENT_SEEDS, FUNCTIONAL_GROUP_SEEDS, select_seed_set
-
-NCI = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
 
 
 @pytest.fixture(scope="module")
 def pool() -> list[tuple[str, str]]:
-    rows = []
-    for line in NCI.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            rows.append((f"NCI-{parts[1]}", parts[0]))
-    return rows
+    return [(f"NCI-{r.name}", r.smiles) for r in read_records(NCI_FIRST_5K) if r.smiles]
 
 
 def test_seed_set_is_filtered_unique_deterministic_and_diverse(pool):
