@@ -66,6 +66,9 @@ def train(
     epochs: Annotated[int, typer.Option(min=0, help="Planned epochs (cosine horizon).")] = 200,
     batch_size: Annotated[int, typer.Option(min=1, help="Conformers per step.")] = 8,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
+    weight_decay: Annotated[
+        float, typer.Option(min=0.0, help="AdamW decoupled weight decay (regularisation).")
+    ] = 1e-5,
     seed: Annotated[int, typer.Option(help="Seed (initialisation, split, batch order).")] = 0,
     max_hours: Annotated[
         float | None, typer.Option(min=0.0, help="Stop cleanly after this wall time.")
@@ -140,6 +143,7 @@ def train(
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "lr": lr,
+                "weight_decay": weight_decay,
                 "max_hours": max_hours,
                 "patience": patience,
                 "val_fraction": val_fraction,
@@ -170,6 +174,7 @@ def train(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            weight_decay=weight_decay,
             seed=seed,
             max_hours=max_hours,
             patience=patience,

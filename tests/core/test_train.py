@@ -218,10 +218,12 @@ def test_cli_train(labels_dir, tmp_path):
     out = tmp_path / "model"
     level = json.dumps(TINY_LEVEL.model_dump())
     args = ["train", str(labels_dir), "-o", str(out), "--preset", "small", "--epochs", "2"]
-    args += ["--batch-size", "6", "--level", level, "--seed", "1"]
+    args += ["--batch-size", "6", "--level", level, "--seed", "1", "--weight-decay", "0.01"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "epoch    2/2" in res.output
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["training_settings"]["weight_decay"] == 0.01
     assert "dipole MAE" in res.output and "model" in res.output
     for name in ("model.safetensors", "config.json", "model_card.json", "checkpoint"):
         assert (out / name).exists(), name
