@@ -65,7 +65,7 @@ def pyscf_dipole_au(row: dict[str, Any], level: Any, cache: Path, threads: int) 
     """SCF dipole (e bohr, about the centre of nuclear charge) at ``level``, cached on disk."""
     from densnet_core.qm import build_mol, dipole_au, run_scf
 
-    path = cache / f"{row[K.CONFORMER_KEY]}-{level.hash()}.json"
+    path = cache / f"{row[K.CONFORMER_KEY]}-{level.hash}.json"
     if path.is_file():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
@@ -127,7 +127,7 @@ def main() -> None:
     new_scf = 0
     if args.pyscf:
         for i, r in enumerate(ok):
-            cached = (args.cache / f"{r[K.CONFORMER_KEY]}-{level.hash()}.json").is_file()
+            cached = (args.cache / f"{r[K.CONFORMER_KEY]}-{level.hash}.json").is_file()
             if not cached and args.max_pyscf is not None and new_scf >= args.max_pyscf:
                 continue
             new_scf += not cached
