@@ -20,8 +20,7 @@ import torch
 
 from densnet_core.graph import MoleculeInput
 from densnet_core.model import PRESETS, DensityModel
-
-ANGSTROM_TO_BOHR = 1.0 / 0.529177210903
+from densnet_core.units import BOHR_PER_ANGSTROM
 
 
 def load_molecules(n: int, seed: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -29,23 +28,21 @@ def load_molecules(n: int, seed: int = 1) -> list[tuple[np.ndarray, np.ndarray]]
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
-    from densnet_core.inputs import CHEMBL_SERIES, rdkit_data_path
+    from densnet_core.inputs import CHEMBL_SERIES, read_records
 
-    path = rdkit_data_path(CHEMBL_SERIES)
     out = []
-    with open(path) as fh:
-        for line in fh:
-            mol = Chem.MolFromSmiles(line.split()[0])
-            if mol is None:
-                continue
-            mol = Chem.AddHs(mol)
-            if AllChem.EmbedMolecule(mol, randomSeed=seed) != 0:
-                continue
-            numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
-            pos = mol.GetConformer().GetPositions() * ANGSTROM_TO_BOHR
-            out.append((numbers, pos))
-            if len(out) >= n:
-                break
+    for record in read_records(CHEMBL_SERIES):
+        mol = Chem.MolFromSmiles(record.smiles or "")
+        if mol is None:
+            continue
+        mol = Chem.AddHs(mol)
+        if AllChem.EmbedMolecule(mol, randomSeed=seed) != 0:
+            continue
+        numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+        pos = mol.GetConformer().GetPositions() * BOHR_PER_ANGSTROM
+        out.append((numbers, pos))
+        if len(out) >= n:
+            break
     return out
 
 
