@@ -36,6 +36,10 @@ Usage::
 
     python -m benchmarks.accuracy [--model DIR] [--exact-scf heterocycles|all|none]
         [--grid-level 3] [--per-molecule] [--json results.json]
+
+``--model`` may name an ensemble directory (``ensemble.json``): "model" is then the ensemble
+mean (the averaged density, whose dipole and polarizability are the members' means), and
+"held out" means held out of every member.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from densnet_core.losses import nan_mean
 from densnet_core.metrics import (
     density_nmae_pct,
     density_nmae_vs_scf_pct,
+    mean_predictions,
     observable_summary,
     predict_samples,
 )
@@ -316,7 +321,7 @@ def scf_density_matrix(
 
 
 def evaluate_set(
-    model: Any,
+    models: Sequence[Any],
     es: EvalSet,
     *,
     level: LevelOfTheory,
@@ -326,13 +331,19 @@ def evaluate_set(
     threads: int | None,
     use_xtb: bool,
 ) -> dict[str, Any]:
-    """Per-conformer predictions and errors of model, prior and xTB, and their means."""
+    """Per-conformer predictions and errors of model, prior and xTB, and their means.
+
+    ``models`` holds one density model, or the K members of an ensemble: then "model" is the
+    ensemble mean (the average density and its dipole and polarizability).
+    """
     from densnet_core.qm import pyscf_threads
 
     assert es.rows is not None
     t0 = time.perf_counter()
     samples = make_samples(es.rows, level=level)
-    preds = predict_samples(model, samples, auxbasis=level.fit_auxbasis)
+    preds = mean_predictions(
+        [predict_samples(m, samples, auxbasis=level.fit_auxbasis) for m in models]
+    )
     aux = level.fit_auxbasis
     per: list[dict[str, Any]] = []
     floors_stored = es.rows[K.FIT_ERROR_PERCENT].to_numpy(dtype=float)
@@ -521,7 +532,12 @@ def format_set(key: str, res: dict[str, Any], *, per_molecule: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="model directory (default model)")
+    ap.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model or ensemble directory (default model); an ensemble is scored by its mean",
+    )
     ap.add_argument("--seed-labels", type=Path, default=SEED_LABELS)
     ap.add_argument("--heterocycle-labels", type=Path, default=HETEROCYCLE_LABELS)
     ap.add_argument("--heterocycles", type=Path, default=HETEROCYCLES_SMI, help=".smi list")
@@ -545,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
+    from densnet_core.ensemble import is_ensemble_dir, load_ensemble
     from densnet_core.modelio import load_model
     from densnet_core.predict import ModelNotFoundError, resolve_model_dir
     from densnet_core.settings import get_settings
@@ -555,13 +572,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    model, info = load_model(model_dir)
-    level = info.level
-    card = dict(info.card)
-    elements = set(info.elements)
+    if is_ensemble_dir(model_dir):
+        ens = load_ensemble(model_dir)
+        models, level, elements = ens.members, ens.level, set(ens.elements)
+        model_id = f"{ens.ensemble_id} (mean of {len(models)} members)"
+        # held out = no member trained on it: the union of the members' training molecules
+        card = {
+            "training_inchikeys": ens.manifest.get("training_inchikeys", []),
+            "validation_inchikeys": ens.manifest.get("validation_inchikeys", []),
+            "n_train_molecules": len(ens.manifest.get("training_inchikeys", [])),
+        }
+    else:
+        model, info = load_model(model_dir)
+        models, level, elements = [model], info.level, set(info.elements)
+        model_id, card = info.model_id, dict(info.card)
     scf_cache = args.scf_cache or get_settings().cache_dir / "accuracy-scf"
 
-    print(f"model: {info.model_id} ({model_dir}); trained on {card.get('n_train_molecules', '?')}")
+    print(f"model: {model_id} ({model_dir}); trained on {card.get('n_train_molecules', '?')}")
     print(
         f"reference: PySCF labels at {level.label} (dipole, CPKS polarizability, fitted density);"
         f" NMAE on grid level {args.grid_level}"
@@ -589,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         exact = args.exact_scf == "all" or args.exact_scf == es.key
         res = evaluate_set(
-            model,
+            models,
             es,
             level=level,
             grid_level=args.grid_level,
@@ -602,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_set(es.key, res, per_molecule=args.per_molecule), flush=True)
     if args.json is not None:
         payload = {
-            "model_id": info.model_id,
+            "model_id": model_id,
             "model_dir": str(model_dir),
             "level_of_theory": level.label,
             "grid_level": args.grid_level,

@@ -19,8 +19,9 @@ from rdkit.Chem import AllChem
 
 from densnet_core import qm
 from densnet_core.level import DEFAULT_LEVEL
+from densnet_core.units import BOHR_PER_ANGSTROM
 
-ANGSTROM = 1.0 / 0.52917721092  # bohr per Å
+ANGSTROM = BOHR_PER_ANGSTROM  # bohr per Å
 
 MOLECULES = {
     "ethanol": "CCO",

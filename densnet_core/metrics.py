@@ -43,6 +43,7 @@ __all__ = [
     "SamplePrediction",
     "density_nmae_pct",
     "density_nmae_vs_scf_pct",
+    "mean_predictions",
     "observable_summary",
     "predict_samples",
 ]
@@ -144,6 +145,46 @@ def predict_samples(
                 )
     finally:
         model.train(was_training)
+    return out
+
+
+def mean_predictions(per_member: Sequence[Sequence[SamplePrediction]]) -> list[SamplePrediction]:
+    """Ensemble-mean predictions: the average density of K models, and its observables.
+
+    The dipole and the polarizability are linear in the density coefficients (the dipole is a
+    moment of the density, alpha the symmetrised dipole moment of the response), so the mean
+    of the members' dipoles and polarizabilities is exactly the observable of the mean density.
+
+    Parameters
+    ----------
+    per_member
+        K lists of :class:`SamplePrediction` (from :func:`predict_samples`), each over the
+        same samples in the same order.
+
+    Returns
+    -------
+    list[SamplePrediction]
+        One per sample: coefficients (M,), dipole (3,) e·bohr and alpha (3, 3) bohr^3 averaged
+        over the K members (alpha None if any member has no response heads); the prior is
+        the first member's (all members share it).
+    """
+    if not per_member:
+        raise ValueError("mean_predictions needs at least one member")
+    n = {len(p) for p in per_member}
+    if len(n) != 1:
+        raise ValueError(f"members predicted different numbers of samples: {sorted(n)}")
+    out = []
+    for preds in zip(*per_member, strict=True):
+        alphas = [p.model_alpha_au for p in preds]
+        out.append(
+            SamplePrediction(
+                model_coeffs=np.mean([p.model_coeffs for p in preds], axis=0),
+                prior_coeffs=preds[0].prior_coeffs,
+                model_dipole_au=np.mean([p.model_dipole_au for p in preds], axis=0),
+                prior_dipole_au=preds[0].prior_dipole_au,
+                model_alpha_au=None if any(a is None for a in alphas) else np.mean(alphas, axis=0),
+            )
+        )
     return out
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from densnet_core.ensemble import MemberSpec
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -104,6 +107,15 @@ def train(
     bootstrap: Annotated[
         bool, typer.Option(help="Ensembles: bootstrap the training molecules per member.")
     ] = True,
+    parallel_members: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Ensembles: train this many members at once, each in its own process with "
+            "cores / P torch threads (on CPU, 1 thread per member is the fastest use of the "
+            "cores: the network's kernels are small).",
+        ),
+    ] = 1,
 ) -> None:
     """Train the equivariant density model on a label store.
 
@@ -134,6 +146,7 @@ def train(
             members=ensemble,
             bootstrap=bootstrap,
             seed=seed,
+            parallel=parallel_members,
             console=console,
             train_kwargs={
                 "level": lvl,
@@ -214,6 +227,75 @@ def train(
     )
 
 
+def _train_one_member(
+    labels_dir: Path,
+    output: Path,
+    spec: MemberSpec,
+    train_kwargs: dict,
+    threads: int | None = None,
+) -> dict:
+    """Train (resume, or skip) one ensemble member, printing its epochs to stderr."""
+    from rich.console import Console
+
+    from densnet_core.ensemble import train_member
+    from densnet_core.train import EpochReport
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    console = Console(stderr=True)
+    name = spec.name
+
+    def progress(r: EpochReport) -> None:
+        star = " [green]*best[/]" if r.improved else ""
+        console.print(
+            f"{name} epoch {r.epoch:>4}/{r.epochs}  train {_fmt(r.train_loss, 4)}  "
+            f"val {_fmt(r.val_loss, 4)}  val dipole MAE {_fmt(r.val_dipole_mae_debye)} D  "
+            f"val α MAPE {_fmt(r.val_alpha_mape_pct)} %  {r.seconds:.1f} s{star}",
+            highlight=False,
+        )
+
+    return train_member(
+        labels_dir,
+        output,
+        spec,
+        progress=progress,
+        status=lambda msg: console.print(f"[dim]{name}: {msg}[/]"),
+        **train_kwargs,
+    )
+
+
+def _train_members_in_processes(
+    labels_dir: Path,
+    output: Path,
+    specs: list[MemberSpec],
+    *,
+    parallel: int,
+    train_kwargs: dict,
+) -> list[dict]:
+    """``--parallel-members P``: P members at a time, each in a spawned worker process.
+
+    Every worker gets ``available_cores() // P`` torch threads (at least 1). Members are
+    independent (own seed, own checkpoint directory), so an interrupted run resumes each one
+    from its checkpoint. Summaries come back in member order; the first failure is raised.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from densnet_core.settings import available_cores
+
+    workers = min(parallel, len(specs))
+    threads = max(1, available_cores() // workers)
+    ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_train_one_member, labels_dir, output, spec, train_kwargs, threads)
+            for spec in specs
+        ]
+        return [f.result() for f in futures]
+
+
 def _train_ensemble(
     labels_dir: Path,
     output: Path,
@@ -223,41 +305,31 @@ def _train_ensemble(
     seed: int,
     console: object,
     train_kwargs: dict,
+    parallel: int = 1,
 ) -> None:
-    """``--ensemble K``: the members one after the other (in this process), then calibration."""
+    """``--ensemble K``: the members (one after the other in this process, or ``parallel`` at a
+    time in worker processes), then calibration."""
     from rich.console import Console
     from rich.table import Table
 
     from densnet_core.dataset import NoUsableLabelsError
-    from densnet_core.ensemble import member_specs, train_member, write_manifest
+    from densnet_core.ensemble import member_specs, write_manifest
     from densnet_core.modelio import ModelFileError
-    from densnet_core.train import EpochReport
 
     assert isinstance(console, Console)
-    summaries = []
+    specs = member_specs(members, seed=seed, bootstrap=bootstrap)
     try:
-        for spec in member_specs(members, seed=seed, bootstrap=bootstrap):
-
-            def progress(r: EpochReport, name: str = spec.name) -> None:
-                star = " [green]*best[/]" if r.improved else ""
-                console.print(
-                    f"{name} epoch {r.epoch:>4}/{r.epochs}  train {_fmt(r.train_loss, 4)}  "
-                    f"val {_fmt(r.val_loss, 4)}  val dipole MAE {_fmt(r.val_dipole_mae_debye)} D  "
-                    f"val α MAPE {_fmt(r.val_alpha_mape_pct)} %  {r.seconds:.1f} s{star}",
-                    highlight=False,
-                )
-
-            summary = train_member(
-                labels_dir,
-                output,
-                spec,
-                progress=progress,
-                status=lambda msg, n=spec.name: console.print(f"[dim]{n}: {msg}[/]"),
-                **train_kwargs,
+        if parallel > 1 and len(specs) > 1:
+            summaries = _train_members_in_processes(
+                labels_dir, output, specs, parallel=parallel, train_kwargs=train_kwargs
             )
+        else:
+            summaries = [_train_one_member(labels_dir, output, s, train_kwargs) for s in specs]
+        for summary in summaries:
             if summary["skipped"]:
-                console.print(f"{spec.name}: finished already ({summary['model_id']}), skipped")
-            summaries.append(summary)
+                console.print(
+                    f"{summary['name']}: finished already ({summary['model_id']}), skipped"
+                )
         console.print("[dim]calibrating on the validation molecules[/]")
         manifest = write_manifest(
             labels_dir, output, members=members, device=str(train_kwargs.get("device", "cpu"))

@@ -199,3 +199,22 @@ def test_cli_train_ensemble(labels_dir, tmp_path):
     m = read_manifest(out)
     assert m["n_members"] == 2
     assert load_ensemble(out).ensemble_id == m["ensemble_id"]
+
+    # --parallel-members 2: the same two members, trained at once in two spawned processes
+    par = tmp_path / "parallel"
+    args[args.index(str(out))] = str(par)
+    res = CliRunner().invoke(app, [*args, "--parallel-members", "2"])
+    assert res.exit_code == 0, res.output
+    mp = read_manifest(par)
+    assert mp["n_members"] == 2
+    assert mp["validation_inchikeys"] == m["validation_inchikeys"]
+    for a, b in zip(m["members"], mp["members"], strict=True):
+        assert (a["dir"], a["seed"]) == (b["dir"], b["seed"])
+        for key in ("loss", "dipole_mae_debye", "alpha_iso_mape_pct"):
+            assert b["validation"][key] == pytest.approx(a["validation"][key], rel=1e-3), key
+    assert mp["members"][0]["weights_sha1"] != mp["members"][1]["weights_sha1"]
+    # a rerun finds both members finished and only rewrites the manifest
+    res = CliRunner().invoke(app, [*args, "--parallel-members", "2"])
+    assert res.exit_code == 0, res.output
+    assert "member-00: finished already" in res.output
+    assert read_manifest(par)["ensemble_id"] == mp["ensemble_id"]

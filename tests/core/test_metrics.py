@@ -13,19 +13,20 @@ import torch
 
 from densnet_core.basis import charge_integrals, make_auxmol, to_pyscf
 from densnet_core.dataset import load_label_rows, make_samples
-from densnet_core.fitting import fit_density, fit_error_percent
+from densnet_core.fitting import dipole_from_coeffs, fit_density, fit_error_percent
 from densnet_core.level import LevelOfTheory
 from densnet_core.metrics import (
     OBSERVABLE_METRICS,
     density_nmae_pct,
     density_nmae_vs_scf_pct,
+    mean_predictions,
     observable_summary,
     predict_samples,
 )
 from densnet_core.model import DensityModel
 from densnet_core.qm import build_mol, run_scf
 from densnet_core.train import evaluate
-from densnet_core.units import DEBYE_PER_AU
+from densnet_core.units import BOHR_PER_ANGSTROM, DEBYE_PER_AU
 from tests.core._tiny_labels import TINY_LEVEL, make_tiny_labels
 
 
@@ -100,7 +101,8 @@ def test_predictions_reproduce_evaluate(samples, model):
 @pytest.mark.slow
 def test_nmae_against_scf_is_the_fitting_floor():
     level = LevelOfTheory(xc="hf", basis="sto-3g")
-    pos = np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]]) / 0.529177
+    water_angstrom = [[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]]
+    pos = np.array(water_angstrom) * BOHR_PER_ANGSTROM
     mol = build_mol([8, 1, 1], pos, basis=level.basis)
     mf = run_scf(mol, level).mf
     dm = mf.make_rdm1()
@@ -137,3 +139,29 @@ def test_observable_summary_by_hand():
     assert out["n_dipole"] == 2 and out["n_alpha"] == 2
     none = observable_summary(dip_pred, dip_ref, None, alpha_ref)
     assert none["alpha_iso_mape_pct"] == pytest.approx(100.0)
+
+
+@pytest.mark.slow
+def test_ensemble_mean_is_the_observable_of_the_mean_density(samples, model):
+    """Averaging two models' dipoles equals the dipole integral of their averaged density."""
+    torch.manual_seed(11)
+    other = DensityModel.for_aux_basis(TINY_LEVEL.fit_auxbasis, [1, 6, 7, 8], preset="small")
+    a = predict_samples(model, samples, batch_size=4)
+    b = predict_samples(other, samples, batch_size=4)
+    mean = mean_predictions([a, b])
+    assert len(mean) == len(samples)
+    assert mean_predictions([a])[0].model_dipole_au == pytest.approx(a[0].model_dipole_au)
+    spread = [
+        np.linalg.norm(p.model_dipole_au - q.model_dipole_au) for p, q in zip(a, b, strict=True)
+    ]
+    assert max(spread) > 1e-3  # two different models, so the mean is a real average
+    for s, pa, pb, m in zip(samples, a, b, mean, strict=True):
+        mol, auxmol = _auxmol(s)
+        centre = mol.atom_charges() @ mol.atom_coords() / mol.atom_charges().sum()
+        from_density = dipole_from_coeffs(auxmol, m.model_coeffs, centre)
+        assert from_density == pytest.approx(m.model_dipole_au, abs=2e-4)
+        assert m.model_coeffs == pytest.approx((pa.model_coeffs + pb.model_coeffs) / 2)
+        assert m.model_alpha_au == pytest.approx((pa.model_alpha_au + pb.model_alpha_au) / 2)
+        assert m.prior_coeffs is pa.prior_coeffs
+    with pytest.raises(ValueError, match="different numbers"):
+        mean_predictions([a, b[:-1]])

@@ -8,8 +8,9 @@ from scipy.spatial.transform import Rotation
 
 from densnet_core import qm
 from densnet_core.level import LevelOfTheory
+from densnet_core.units import BOHR_PER_ANGSTROM
 
-ANGSTROM = 1.0 / 0.52917721092  # bohr per Å
+ANGSTROM = BOHR_PER_ANGSTROM  # bohr per Å
 THREADS = 2
 
 WATER = ([8, 1, 1], np.array([[0, 0, 0.1173], [0, 0.7572, -0.4692], [0, -0.7572, -0.4692]]))
