@@ -37,7 +37,8 @@ thread): a loop over members 0.30 s, ``torch.func`` (``stack_module_state`` +
 ``functional_call`` + ``vmap`` over the stacked parameters, buffers shared) 0.24 s;
 ``mode="auto"`` uses vmap and falls back to the loop if vmap fails for a model. Outputs
 (:class:`EnsemblePrediction`): per-member dipoles (B, K, 3) and polarizabilities (B, K, 3, 3),
-and mean / spread (``std``, ddof = 1) of |mu| (D) and alpha_iso (bohr^3). The spreads are
+|mu| of the mean dipole (the dipole of the averaged density, D), the mean alpha_iso (bohr^3),
+and the spreads (``std``, ddof = 1) of the members' |mu| and alpha_iso. The spreads are
 multiplied by the calibrated scale factors of the manifest (``calibrated=True``, default).
 Weights are read only through :func:`densnet_core.modelio.load_model` (safetensors).
 """
@@ -232,8 +233,9 @@ class EnsemblePrediction:
     n_electrons
         (B, K) integrated electron counts, e.
     dipole_debye, dipole_debye_std
-        (B,) mean over members of |mu_k| and its spread (ddof 1, times the calibrated scale
-        when ``calibrated``), D.
+        (B,) |mean over members of mu_k| — the dipole of the ensemble-mean density, so it is
+        the norm of :attr:`dipole_au_mean` — and the spread of the members' |mu_k| (ddof 1,
+        times the calibrated scale when ``calibrated``), D.
     alpha_iso_au, alpha_iso_au_std
         (B,) mean over members of tr(alpha_k)/3 and its spread, bohr^3.
     """
@@ -276,7 +278,7 @@ def _summaries(
     else:
         sd = sa = np.full(dip.shape[0], np.nan)
     return {
-        "dipole_debye": norm.mean(axis=1),
+        "dipole_debye": np.linalg.norm(dip.mean(axis=1), axis=1) * DEBYE_PER_AU,
         "dipole_debye_std": sd * scale_d,
         "alpha_iso_au": iso.mean(axis=1),
         "alpha_iso_au_std": sa * scale_a,
