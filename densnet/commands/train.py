@@ -11,6 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from densnet_core.ensemble import MemberSpec
+    from densnet_core.train import EpochReport
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -134,7 +135,7 @@ def train(
 
     from densnet_core.dataset import NoUsableLabelsError
     from densnet_core.modelio import ModelFileError
-    from densnet_core.train import EpochReport, load_checkpoint
+    from densnet_core.train import load_checkpoint
     from densnet_core.train import train as run_training
 
     if output.exists() and not output.is_dir():
@@ -168,13 +169,7 @@ def train(
         console.print(f"[bold]resuming[/] the run in {output}")
 
     def progress(r: EpochReport) -> None:
-        star = " [green]*best[/]" if r.improved else ""
-        console.print(
-            f"epoch {r.epoch:>4}/{r.epochs}  train {_fmt(r.train_loss, 4)}  "
-            f"val {_fmt(r.val_loss, 4)}  val dipole MAE {_fmt(r.val_dipole_mae_debye)} D  "
-            f"val α MAPE {_fmt(r.val_alpha_mape_pct)} %  lr {r.lr:.2e}  {r.seconds:.1f} s{star}",
-            highlight=False,
-        )
+        console.print(_epoch_line(r), highlight=False)
 
     try:
         result = run_training(
@@ -227,6 +222,17 @@ def train(
     )
 
 
+def _epoch_line(r: EpochReport, *, lr: bool = True) -> str:
+    """One progress line: epoch, losses, validation dipole MAE (D) and α MAPE (%), seconds."""
+    rate = f"lr {r.lr:.2e}  " if lr else ""
+    star = " [green]*best[/]" if r.improved else ""
+    return (
+        f"epoch {r.epoch:>4}/{r.epochs}  train {_fmt(r.train_loss, 4)}  "
+        f"val {_fmt(r.val_loss, 4)}  val dipole MAE {_fmt(r.val_dipole_mae_debye)} D  "
+        f"val α MAPE {_fmt(r.val_alpha_mape_pct)} %  {rate}{r.seconds:.1f} s{star}"
+    )
+
+
 def _train_one_member(
     labels_dir: Path,
     output: Path,
@@ -238,7 +244,6 @@ def _train_one_member(
     from rich.console import Console
 
     from densnet_core.ensemble import train_member
-    from densnet_core.train import EpochReport
 
     if threads is not None:
         import torch
@@ -248,13 +253,7 @@ def _train_one_member(
     name = spec.name
 
     def progress(r: EpochReport) -> None:
-        star = " [green]*best[/]" if r.improved else ""
-        console.print(
-            f"{name} epoch {r.epoch:>4}/{r.epochs}  train {_fmt(r.train_loss, 4)}  "
-            f"val {_fmt(r.val_loss, 4)}  val dipole MAE {_fmt(r.val_dipole_mae_debye)} D  "
-            f"val α MAPE {_fmt(r.val_alpha_mape_pct)} %  {r.seconds:.1f} s{star}",
-            highlight=False,
-        )
+        console.print(f"{name} {_epoch_line(r, lr=False)}", highlight=False)
 
     return train_member(
         labels_dir,
