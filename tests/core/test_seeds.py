@@ -66,3 +66,22 @@ def test_drug_fragments_are_not_benchmark_heterocycles():
     frags = {Chem.MolToInchiKey(Chem.MolFromSmiles(s)) for _, s in DRUG_FRAGMENT_SEEDS}
     assert len(frags) == len(DRUG_FRAGMENT_SEEDS)
     assert not frags & bench
+
+
+def test_no_seed_round_holds_a_benchmark_heterocycle():
+    """Every seed input (seed set, fragment rounds, the heteroaromatic round) is disjoint from the
+    heterocycle benchmark by InChIKey, so "never seen in training" stays true as rounds grow."""
+    data = Path(__file__).resolve().parents[2] / "data"
+    bench = {
+        Chem.MolToInchiKey(Chem.MolFromSmiles(r.smiles))
+        for r in read_records(data / "benchmarks" / "heterocycles.smi")
+    }
+    inputs = sorted((data / "seed").glob("*.csv")) + sorted((data / "seed").glob("*/*.csv"))
+    inputs += sorted((data / "seed").glob("*/*.smi"))
+    names = {p.parent.name if p.parent.name != "seed" else p.name for p in inputs}
+    assert {"seed_set.csv", "fragments", "fragments-nci", "heteroaromatics"} <= names
+    for path in inputs:
+        records = [r for r in read_records(path) if r.smiles]
+        assert records, path
+        keys = {Chem.MolToInchiKey(Chem.MolFromSmiles(r.smiles)): r.name for r in records}
+        assert not set(keys) & bench, (path, [keys[k] for k in set(keys) & bench])
