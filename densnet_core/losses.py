@@ -239,8 +239,10 @@ def observable_errors(
     Returns
     -------
     dict of (B,) arrays
-        ``dipole_err_debye`` |Δmu| (D), ``alpha_iso_abs`` |Δα_iso| (bohr^3), ``alpha_iso_pct``
-        (%), ``alpha_aniso_abs`` |Δ(Δα)| (bohr^3).
+        ``dipole_err_debye`` |Δmu| (D), ``dipole_norm_err_debye`` ||mu| - |mu_ref|| (D, the
+        error of the magnitude a predictions table reports as ``dipole_debye``),
+        ``alpha_iso_abs`` |Δα_iso| (bohr^3), ``alpha_iso_pct`` (%), ``alpha_aniso_abs``
+        |Δ(Δα)| (bohr^3).
     """
     if alpha_pred is None:
         alpha_pred = np.zeros_like(alpha_ref)
@@ -250,6 +252,10 @@ def observable_errors(
         pct = 100.0 * np.abs(iso_p - iso_r) / np.abs(iso_r)
     return {
         "dipole_err_debye": np.linalg.norm(dipole_pred - dipole_ref, axis=-1) * DEBYE_PER_AU,
+        "dipole_norm_err_debye": np.abs(
+            np.linalg.norm(dipole_pred, axis=-1) - np.linalg.norm(dipole_ref, axis=-1)
+        )
+        * DEBYE_PER_AU,
         "alpha_iso_abs": np.abs(iso_p - iso_r),
         "alpha_iso_pct": pct,
         "alpha_aniso_abs": np.abs(alpha_anisotropy(alpha_pred) - alpha_anisotropy(alpha_ref)),

@@ -15,7 +15,8 @@ Definitions
   ``sum_ij D_ij phi_i phi_j`` (:func:`density_nmae_vs_scf_pct`; N_e = Tr(D S)). The label fit
   itself has an NMAE against the SCF density (its fitting floor, ``fit_error_percent``), which
   bounds what a model that learns the fit can reach against the SCF density.
-* dipole error: ``|mu_pred - mu_ref|`` (vector norm), debye;
+* dipole error: ``|mu_pred - mu_ref|`` (vector norm), debye; also the magnitude error
+  ``||mu_pred| - |mu_ref||`` (what a ``dipole_debye`` column gets wrong), which is never larger;
 * ``alpha_iso``: tr(alpha)/3, bohr^3; MAPE relative to the reference ``alpha_iso``;
 * anisotropy error: ``|Δα_pred - Δα_ref|`` with the invariant of
   :func:`densnet_core.losses.alpha_anisotropy`, bohr^3.
@@ -312,8 +313,10 @@ def observable_summary(
     Returns
     -------
     dict
-        :data:`OBSERVABLE_METRICS` (D, bohr^3, %, bohr^3) plus ``n_dipole`` and ``n_alpha``,
-        the numbers of conformers that entered the means.
+        :data:`OBSERVABLE_METRICS` (D, bohr^3, %, bohr^3) plus ``dipole_norm_mae_debye``
+        (mean ||mu| - |mu_ref||, D: the error of the reported magnitude, which ignores the
+        direction) and ``n_dipole`` and ``n_alpha``, the numbers of conformers that entered
+        the means.
     """
     errs = observable_errors(
         np.asarray(dipole_pred, dtype=np.float64),
@@ -323,6 +326,7 @@ def observable_summary(
     )
     out = {
         "dipole_mae_debye": nan_mean(errs["dipole_err_debye"]),
+        "dipole_norm_mae_debye": nan_mean(errs["dipole_norm_err_debye"]),
         "alpha_iso_mae_au": nan_mean(errs["alpha_iso_abs"]),
         "alpha_iso_mape_pct": nan_mean(errs["alpha_iso_pct"]),
         "alpha_aniso_mae_au": nan_mean(errs["alpha_aniso_abs"]),

@@ -141,6 +141,17 @@ def test_observable_summary_by_hand():
     assert none["alpha_iso_mape_pct"] == pytest.approx(100.0)
 
 
+def test_dipole_magnitude_error_ignores_the_direction():
+    """A dipole of the right length pointing elsewhere has a vector error but no |mu| error."""
+    ref = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    pred = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.5]])  # rotated 90 degrees; 50 % too long
+    alpha = np.stack([np.eye(3), np.eye(3)])
+    out = observable_summary(pred, ref, alpha, alpha)
+    assert out["dipole_mae_debye"] == pytest.approx(0.5 * (math.sqrt(2.0) + 0.5) * DEBYE_PER_AU)
+    assert out["dipole_norm_mae_debye"] == pytest.approx(0.25 * DEBYE_PER_AU)
+    assert out["dipole_norm_mae_debye"] <= out["dipole_mae_debye"]
+
+
 @pytest.mark.slow
 def test_ensemble_mean_is_the_observable_of_the_mean_density(samples, model):
     """Averaging two models' dipoles equals the dipole integral of their averaged density."""
