@@ -30,10 +30,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.accuracy import COLUMNS as ACCURACY_COLUMNS
-from benchmarks.accuracy import _cell
+from benchmarks.accuracy import _cell, _dipole_err
 from densnet_core.losses import nan_mean
 from densnet_core.metrics import observable_summary
-from densnet_core.units import DEBYE_PER_AU
 
 SETS = ("held_out", "heterocycles")
 #: The accuracy benchmark's columns but the exact-SCF NMAE (recomputed for some files only).
@@ -72,7 +71,11 @@ def summarise(records: Sequence[dict[str, Any]], who: str = "model") -> dict[str
 
 def compare(payloads: Sequence[dict[str, Any]], key: str) -> tuple[list[str], list[dict]]:
     """The shared conformer keys of set ``key`` and each payload's metrics on them."""
-    tables = [_rows(p, key) for p in payloads]
+    return _compare_tables([_rows(p, key) for p in payloads])
+
+
+def _compare_tables(tables: Sequence[dict[str, dict[str, Any]]]) -> tuple[list[str], list[dict]]:
+    """:func:`compare` on the per-conformer tables (:func:`_rows`) of one set."""
     shared = sorted(set.intersection(*(set(t) for t in tables))) if tables else []
     results = []
     for t in tables:
@@ -92,10 +95,9 @@ def format_comparison(
     lines: list[str] = []
     w0, w = max(16, *(len(n) + 2 for n in names)), 13
     for key in SETS:
-        shared, results = compare(payloads, key)
-        counts = ", ".join(
-            f"{n}: {len(_rows(p, key))}" for n, p in zip(names, payloads, strict=True)
-        )
+        tables = [_rows(p, key) for p in payloads]
+        shared, results = _compare_tables(tables)
+        counts = ", ".join(f"{n}: {len(t)}" for n, t in zip(names, tables, strict=True))
         lines.append(f"{key}: {len(shared)} conformers held out of every model ({counts})")
         if not shared:
             lines.append("")
@@ -113,14 +115,9 @@ def format_comparison(
             )
         if per_molecule:
             lines.append(f"  {'conformer':<28s}" + "".join(f"{'Δμ ' + n[:8]:>12s}" for n in names))
-            tables = [_rows(p, key) for p in payloads]
             for k in shared:
                 ref = np.asarray(tables[0][k]["dipole_ref_au"], dtype=float)
-                errs = [
-                    np.linalg.norm(np.asarray(t[k]["model_dipole_au"], dtype=float) - ref)
-                    * DEBYE_PER_AU
-                    for t in tables
-                ]
+                errs = [_dipole_err(t[k]["model_dipole_au"], ref) for t in tables]
                 lines.append(
                     f"  {tables[0][k]['name'][:27]:<28s}" + "".join(f"{e:12.3f}" for e in errs)
                 )

@@ -54,14 +54,20 @@ def test_seed_set_is_filtered_unique_deterministic_and_diverse(pool):
     assert mean_similarity(picked) < 0.8 * mean_similarity(in_file_order[:40])
 
 
+DATA = Path(__file__).resolve().parents[2] / "data"
+
+
+def _benchmark_inchikeys() -> set[str]:
+    """InChIKeys of the unseen-heterocycle benchmark (``data/benchmarks/heterocycles.smi``)."""
+    return {
+        Chem.MolToInchiKey(Chem.MolFromSmiles(r.smiles))
+        for r in read_records(DATA / "benchmarks" / "heterocycles.smi")
+    }
+
+
 def test_drug_fragments_are_not_benchmark_heterocycles():
     """The unseen-heterocycle benchmark must stay unseen: no fragment is one of its molecules."""
-    smi = Path(__file__).resolve().parents[2] / "data" / "benchmarks" / "heterocycles.smi"
-    bench = {
-        Chem.MolToInchiKey(Chem.MolFromSmiles(line.split()[0]))
-        for line in smi.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    }
+    bench = _benchmark_inchikeys()
     assert len(bench) >= 16
     frags = {Chem.MolToInchiKey(Chem.MolFromSmiles(s)) for _, s in DRUG_FRAGMENT_SEEDS}
     assert len(frags) == len(DRUG_FRAGMENT_SEEDS)
@@ -71,13 +77,9 @@ def test_drug_fragments_are_not_benchmark_heterocycles():
 def test_no_seed_round_holds_a_benchmark_heterocycle():
     """Every seed input (seed set, fragment rounds, the heteroaromatic round) is disjoint from the
     heterocycle benchmark by InChIKey, so "never seen in training" stays true as rounds grow."""
-    data = Path(__file__).resolve().parents[2] / "data"
-    bench = {
-        Chem.MolToInchiKey(Chem.MolFromSmiles(r.smiles))
-        for r in read_records(data / "benchmarks" / "heterocycles.smi")
-    }
-    inputs = sorted((data / "seed").glob("*.csv")) + sorted((data / "seed").glob("*/*.csv"))
-    inputs += sorted((data / "seed").glob("*/*.smi"))
+    bench = _benchmark_inchikeys()
+    inputs = sorted((DATA / "seed").glob("*.csv")) + sorted((DATA / "seed").glob("*/*.csv"))
+    inputs += sorted((DATA / "seed").glob("*/*.smi"))
     names = {p.parent.name if p.parent.name != "seed" else p.name for p in inputs}
     assert {"seed_set.csv", "fragments", "fragments-nci", "heteroaromatics"} <= names
     for path in inputs:
