@@ -73,6 +73,7 @@ from densnet_core.dataset import (
 )
 from densnet_core.fitting import electronic_moment, nuclear_moment
 from densnet_core.grids import molecular_grid
+from densnet_core.inputs import read_records
 from densnet_core.level import LevelOfTheory
 from densnet_core.losses import nan_mean
 from densnet_core.metrics import (
@@ -137,17 +138,6 @@ def seed_set_inchikeys(path: Path = SEED_SET) -> set[str]:
     with open(path, newline="") as fh:
         keys = {_inchikey(r["smiles"]) for r in csv.DictReader(fh)}
     return {k for k in keys if k}
-
-
-def read_smi(path: Path) -> list[tuple[str, str]]:
-    """(name, SMILES) of a .smi file (``#`` comments skipped)."""
-    out = []
-    for line in path.read_text().splitlines():
-        parts = line.split(maxsplit=1)
-        if not parts or parts[0].startswith("#"):
-            continue
-        out.append((parts[1].strip() if len(parts) > 1 else parts[0], parts[0]))
-    return out
 
 
 def _load(labels_dir: Path, level: LevelOfTheory) -> tuple[pd.DataFrame | None, str]:
@@ -218,7 +208,7 @@ def heterocycle_set(
 ) -> EvalSet:
     """(b): labelled heterocycles that are neither in the seed set nor in the training data."""
     es = EvalSet("heterocycles", "(b) drug-like heterocycles (not in the seed set)", None)
-    listed = read_smi(smi) if smi.is_file() else []
+    listed = read_records(smi) if smi.is_file() else []
     rows, err = _load(labels_dir, level)
     if rows is None:
         es.notes.append(f"0 of {len(listed)} heterocycles labelled: {err}")
@@ -236,7 +226,9 @@ def heterocycle_set(
         es.notes.append(f"left out (elements the model does not cover): {', '.join(dropped)}")
     labelled = set(rows[K.MOL_ID])
     failed = _failed_labels(labels_dir)
-    missing = [name for name, s in listed if _inchikey(s) not in labelled and name not in failed]
+    missing = [
+        r.name for r in listed if _inchikey(r.smiles) not in labelled and r.name not in failed
+    ]
     es.notes.append(
         f"{len(labelled)} of {len(listed)} heterocycles labelled"
         + (f"; not (yet) labelled: {', '.join(missing)}" if missing else "")
