@@ -89,6 +89,9 @@ log = logging.getLogger("benchmarks.accuracy")
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_LABELS = ROOT / "data" / "seed" / "labels"
+#: labels of scaffolds taken out of a seed round (one substituent from a benchmark heterocycle);
+#: not trained on by new models, but earlier models' cards may list them
+SEED_LABELS_APART = ROOT / "data" / "seed" / "labels-benchmark-neighbours"
 SEED_SET = ROOT / "data" / "seed" / "seed_set.csv"
 HETEROCYCLES_SMI = ROOT / "data" / "benchmarks" / "heterocycles.smi"
 HETEROCYCLE_LABELS = ROOT / "data" / "benchmarks" / "heterocycles" / "labels"
@@ -120,6 +123,8 @@ class EvalSet:
     title: str
     rows: pd.DataFrame | None
     notes: list[str] = field(default_factory=list)
+    #: molecule name -> training molecules one substituent edit away ("name (relation)")
+    neighbours: dict[str, list[str]] = field(default_factory=dict)
 
 
 # --- the evaluation sets ----------------------------------------------------------------------
@@ -205,8 +210,14 @@ def heterocycle_set(
     card: dict[str, Any],
     elements: set[int],
     seed_keys: set[str],
+    training: Sequence[tuple[str, str]] = (),
 ) -> EvalSet:
-    """(b): labelled heterocycles that are neither in the seed set nor in the training data."""
+    """(b): labelled heterocycles that are neither in the seed set nor in the training data.
+
+    ``training`` holds (name, SMILES) of the model's training molecules: a heterocycle with one
+    of them one ring substituent away (:mod:`densnet_core.near_neighbours`) is listed in
+    ``neighbours``, so that the scores can also be read on the strictly unseen ones.
+    """
     es = EvalSet("heterocycles", "(b) drug-like heterocycles (not in the seed set)", None)
     listed = read_records(smi) if smi.is_file() else []
     rows, err = _load(labels_dir, level)
@@ -238,7 +249,42 @@ def heterocycle_set(
             "labels that failed: " + ", ".join(f"{n} ({st})" for n, st in sorted(failed.items()))
         )
     es.rows = rows
+    es.neighbours = training_neighbours(rows, training)
     return es
+
+
+def training_neighbours(
+    rows: pd.DataFrame, training: Sequence[tuple[str, str]]
+) -> dict[str, list[str]]:
+    """name -> ``["<training molecule> (<relation>)", ...]`` for the molecules of ``rows`` with
+    a training molecule one ring substituent added, removed or replaced away."""
+    from densnet_core.near_neighbours import OneEditKeys
+
+    train = [(name, OneEditKeys.from_smiles(smi)) for name, smi in training]
+    found: dict[str, list[str]] = {}
+    for name, smi in rows.drop_duplicates(K.MOL_ID)[[K.NAME, K.SMILES]].itertuples(index=False):
+        keys = OneEditKeys.from_smiles(smi)
+        near = [f"{t} ({rel})" for t, tk in train if (rel := keys.relation_to(tk)) is not None]
+        if near:
+            found[name] = near
+    return found
+
+
+def training_molecules(
+    labels_dirs: Sequence[Path], level: LevelOfTheory, card: dict[str, Any]
+) -> tuple[list[tuple[str, str]], int]:
+    """(name, SMILES) of the labelled molecules whose InChIKey is in ``training_inchikeys``,
+    looked up in ``labels_dirs``, and how many of those InChIKeys none of them holds."""
+    wanted = set(card.get("training_inchikeys", []))
+    found: dict[str, tuple[str, str]] = {}
+    for labels_dir in labels_dirs:
+        rows = _load(labels_dir, level)[0] if labels_dir.is_dir() else None
+        if rows is None:
+            continue
+        for key, name, smi in rows[[K.MOL_ID, K.NAME, K.SMILES]].itertuples(index=False):
+            if key in wanted:
+                found.setdefault(key, (name, smi))
+    return list(found.values()), len(wanted - set(found))
 
 
 # --- references and baselines -----------------------------------------------------------------
@@ -440,6 +486,7 @@ def evaluate_set(
         "n_exact_scf": int(np.isfinite([r["model_nmae_scf_pct"] for r in per]).sum()),
         "seconds": time.perf_counter() - t0,
         "notes": es.notes,
+        "training_neighbours": es.neighbours,
         "per_conformer": per,
     }
 
@@ -463,6 +510,32 @@ def _alpha_pct(alpha: Sequence[float] | None, iso_ref: float) -> float:
         return math.nan
     iso = float(np.trace(np.reshape(np.asarray(alpha, dtype=float), (3, 3))) / 3)
     return 100.0 * abs(iso - iso_ref) / iso_ref
+
+
+def _neighbour_lines(res: dict[str, Any]) -> list[str]:
+    """Which molecules have a one-substituent neighbour in the training data, and the dipole
+    MAE (model and GFN2-xTB) over the molecules that have none."""
+    near = res.get("training_neighbours") or {}
+    if not near:
+        return []
+    lines = [
+        "  one ring substituent from a training molecule (densnet_core.near_neighbours; the"
+        " heterocycle is that molecule with one substituent added, removed or replaced):"
+    ]
+    lines += [f"    {name}: {', '.join(v)}" for name, v in sorted(near.items())]
+    strict = [r for r in res["per_conformer"] if r["name"] not in near]
+    if strict:
+        mae = {
+            who: nan_mean(
+                [_dipole_err(r[f"{who}_dipole_au"], np.asarray(r["dipole_ref_au"])) for r in strict]
+            )
+            for who in ("model", "xtb")
+        }
+        lines.append(
+            f"  without them ({len(strict)} conformers): μ MAE model {mae['model']:.3f} D, "
+            f"GFN2-xTB {mae['xtb']:.3f} D"
+        )
+    return lines
 
 
 def format_set(key: str, res: dict[str, Any], *, per_molecule: bool) -> str:
@@ -505,6 +578,7 @@ def format_set(key: str, res: dict[str, Any], *, per_molecule: bool) -> str:
     else:
         floor += "; NMAE vs the exact SCF density not computed for this set"
     lines.append("  " + floor)
+    lines += _neighbour_lines(res)
     if per_molecule:
         lines.append(
             f"  {'conformer':<28s}{'|μ| ref D':>10s}{'Δμ model':>10s}{'Δμ prior':>10s}"
@@ -589,6 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" NMAE on grid level {args.grid_level}"
     )
     print("dipole error = |μ - μ_ref| (vector), means over conformers; prior: α = 0 by design")
+    training, n_unknown = training_molecules([args.seed_labels, SEED_LABELS_APART], level, card)
     sets = [
         held_out_set(args.seed_labels, level, card, elements),
         heterocycle_set(
@@ -598,8 +673,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             card,
             elements,
             seed_set_inchikeys(),
+            training,
         ),
     ]
+    if n_unknown:
+        sets[1].notes.append(
+            f"{n_unknown} training molecules are in no label store here: their neighbours "
+            "are not checked"
+        )
     results: dict[str, Any] = {}
     for es in sets:
         print()
