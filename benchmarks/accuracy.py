@@ -31,6 +31,12 @@ polarizability by finite field, :mod:`densnet_core.xtb`) it prints
 * isotropic polarizability alpha_iso = tr(alpha)/3: MAE (bohr^3) and MAPE (%);
 * anisotropy error: mean |Δα - Δα_ref| (bohr^3), Δα the anisotropy invariant.
 
+Under the heterocycles it lists those with a training molecule one ring substituent away
+(added, removed or replaced at the same ring atom, :mod:`densnet_core.near_neighbours`; the
+training molecules' SMILES come from ``data/seed/labels`` and
+``data/seed/labels-benchmark-neighbours``) and the dipole MAE of model and GFN2-xTB over the
+others.
+
 Means are over conformers. Goals (issue 4): held out: dipole MAE <= 0.10 D, alpha_iso MAPE
 <= 2 %; heterocycles: dipole MAE <= 0.25 D, MAPE <= 4 %, and better than GFN2-xTB on both.
 
