@@ -264,15 +264,13 @@ def training_neighbours(
 ) -> dict[str, list[str]]:
     """name -> ``["<training molecule> (<relation>)", ...]`` for the molecules of ``rows`` with
     a training molecule one ring substituent added, removed or replaced away."""
-    from densnet_core.near_neighbours import OneEditKeys
+    from densnet_core.near_neighbours import benchmark_neighbours
 
-    train = [(name, OneEditKeys.from_smiles(smi)) for name, smi in training]
     found: dict[str, list[str]] = {}
     for name, smi in rows.drop_duplicates(K.MOL_ID)[[K.NAME, K.SMILES]].itertuples(index=False):
-        keys = OneEditKeys.from_smiles(smi)
-        near = [f"{t} ({rel})" for t, tk in train if (rel := keys.relation_to(tk)) is not None]
+        near = benchmark_neighbours(smi, training)
         if near:
-            found[name] = near
+            found[name] = [f"{t} ({rel})" for t, rel in near]
     return found
 
 

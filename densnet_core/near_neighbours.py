@@ -12,6 +12,7 @@ atom (CH → N) or fusing a ring are not one-substituent edits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -85,7 +86,10 @@ class OneEditKeys:
     sites: frozenset[str]
 
     @classmethod
+    @functools.lru_cache(maxsize=4096)
     def from_smiles(cls, smiles: str) -> OneEditKeys:
+        """Keys of ``smiles`` (cached: benchmark and training molecules are compared with many
+        candidates)."""
         mol = Chem.MolFromSmiles(smiles)
         if mol is None:
             raise ValueError(f"unparsable SMILES {smiles!r}")
@@ -122,9 +126,10 @@ def benchmark_neighbours(
     Parameters
     ----------
     smiles : str
-        Candidate seed molecule.
+        Candidate seed molecule (or a benchmark molecule, with the training molecules as
+        ``benchmark``).
     benchmark : iterable of (name, SMILES)
-        The benchmark molecules to keep unseen.
+        The molecules to compare with, in the order the result lists them.
 
     Returns
     -------

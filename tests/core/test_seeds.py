@@ -10,6 +10,7 @@ from rdkit import Chem
 from densnet_core.inputs import NCI_FIRST_5K, read_records
 from densnet_core.near_neighbours import OneEditKeys, benchmark_neighbours
 from densnet_core.seeds import DRUG_FRAGMENT_SEEDS, FUNCTIONAL_GROUP_SEEDS, select_seed_set
+from densnet_core.store import read_dataset
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +59,13 @@ def test_seed_set_is_filtered_unique_deterministic_and_diverse(pool):
 DATA = Path(__file__).resolve().parents[2] / "data"
 
 
+def _benchmark() -> list[tuple[str, str]]:
+    """(name, SMILES) of the unseen-heterocycle benchmark (``data/benchmarks/heterocycles.smi``)."""
+    return [(r.name, r.smiles) for r in read_records(DATA / "benchmarks" / "heterocycles.smi")]
+
+
 def _benchmark_inchikeys() -> set[str]:
-    """InChIKeys of the unseen-heterocycle benchmark (``data/benchmarks/heterocycles.smi``)."""
-    return {
-        Chem.MolToInchiKey(Chem.MolFromSmiles(r.smiles))
-        for r in read_records(DATA / "benchmarks" / "heterocycles.smi")
-    }
+    return {Chem.MolToInchiKey(Chem.MolFromSmiles(s)) for _, s in _benchmark()}
 
 
 def test_drug_fragments_are_not_benchmark_heterocycles():
@@ -98,10 +100,6 @@ TARGETED_ROUNDS = (
     "lactams/lactams.smi",
     "lactams2/lactams2.smi",
 )
-
-
-def _benchmark() -> list[tuple[str, str]]:
-    return [(r.name, r.smiles) for r in read_records(DATA / "benchmarks" / "heterocycles.smi")]
 
 
 @pytest.mark.parametrize(
@@ -140,15 +138,15 @@ def test_targeted_seed_rounds_hold_no_benchmark_neighbour():
 def test_seed_labels_of_targeted_rounds_keep_the_rule():
     """The label store trained on holds no benchmark neighbour from a targeted round (labels of
     scaffolds taken out of a round live in ``data/seed/labels-benchmark-neighbours``)."""
-    import pyarrow.dataset as ds
-
     bench = _benchmark()
-    labels = ds.dataset(DATA / "seed" / "labels", format="parquet", exclude_invalid_files=True)
-    table = labels.to_table(columns=["name", "smiles"]).to_pylist()
-    targeted = [r for r in table if r["name"].startswith(("hetar-", "lactam-", "lactam2-"))]
+    labels = read_dataset(DATA / "seed" / "labels", "labels")
+    targeted = labels[labels["name"].str.startswith(("hetar-", "lactam-", "lactam2-"))]
     assert len(targeted) >= 32
-    assert not [r["name"] for r in targeted if benchmark_neighbours(r["smiles"], bench)]
-    apart = ds.dataset(
-        DATA / "seed" / "labels-benchmark-neighbours", format="parquet", exclude_invalid_files=True
-    ).to_table(columns=["name", "smiles"])
-    assert all(benchmark_neighbours(s, bench) for s in apart.column("smiles").to_pylist())
+    assert not [
+        n
+        for n, s in zip(targeted["name"], targeted["smiles"], strict=True)
+        if benchmark_neighbours(s, bench)
+    ]
+    apart = read_dataset(DATA / "seed" / "labels-benchmark-neighbours", "labels")
+    assert len(apart) == 5
+    assert all(benchmark_neighbours(s, bench) for s in apart["smiles"])
