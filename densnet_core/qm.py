@@ -14,7 +14,9 @@ charge -1; the nuclei see ``-E·R`` and are clamped). The dipole is
 
 The analytic polarizability is a coupled-perturbed Kohn–Sham (CPKS/CPHF) calculation built on
 ``mf.gen_response`` (Coulomb, exact exchange and the XC kernel, evaluated with the same density
-fitting and the same grid as the SCF) and :func:`pyscf.scf.cphf.solve`. The finite-field
+fitting and the same grid as the SCF) and :func:`pyscf.scf.cphf.solve`. For density-fitted
+closed-shell SCFs the response is evaluated in the occupied–virtual block only
+(:mod:`densnet_core.mo_response`, the same numbers at a third of the cost). The finite-field
 polarizability is the validation reference.
 
 Forces are the analytic nuclear gradient (``mf.nuc_grad_method()``). For DFT the grid response
@@ -37,6 +39,7 @@ from pyscf import dft, gto, lib, scf
 from pyscf.scf import cphf
 
 from densnet_core.level import LevelOfTheory
+from densnet_core.mo_response import mo_response
 
 log = logging.getLogger(__name__)
 
@@ -472,16 +475,19 @@ def polarizability_au(
     r = mol.intor_symmetric("int1e_r", comp=3)  # (3, nao, nao), origin irrelevant (Tr D1 S = 0)
     h1 = np.einsum("xpq,pa,qi->xai", r, orbv, orbo)  # (3, nvir, nocc)
 
-    vresp = mf.gen_response(singlet=None, hermi=1)
-
     def density(u: np.ndarray) -> np.ndarray:
         u = u.reshape(-1, nvir, nocc)
         d = np.einsum("pa,xai,qi->xpq", orbv, u * 2.0, orbo)
         return d + d.transpose(0, 2, 1)
 
-    def fvind(u: np.ndarray) -> np.ndarray:
-        v1 = vresp(density(u))
-        return np.einsum("xpq,pa,qi->xai", v1, orbv, orbo)
+    # the same response in the (a, i) block only, ~3x faster; None when not supported
+    fvind = mo_response(mf, max_memory_mb=float(mf.max_memory))
+    if fvind is None:
+        vresp = mf.gen_response(singlet=None, hermi=1)
+
+        def fvind(u: np.ndarray) -> np.ndarray:
+            v1 = vresp(density(u))
+            return np.einsum("xpq,pa,qi->xai", v1, orbv, orbo)
 
     u, _ = cphf.solve(fvind, mo_energy, mo_occ, h1, None, max_cycle, conv_tol, verbose=0)
     u = u.reshape(3, nvir, nocc)
