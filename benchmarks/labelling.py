@@ -2,7 +2,12 @@
 
 Usage::
 
-    python benchmarks/labelling.py [--threads 2] [--molecules ethanol pyridine caffeine]
+    python -m benchmarks.labelling [--threads 2] [--molecules ethanol pyridine caffeine]
+                                    [--gen-response]
+
+``--molecules`` takes names of ``benchmarks.qm_timings.MOLECULES`` or SMILES. ``--gen-response`` also times the CPKS step
+with PySCF's AO-basis ``mf.gen_response`` (what :mod:`densnet_core.mo_response` replaces) and
+prints the largest polarizability difference between the two.
 
 For each molecule (RDKit ETKDG + MMFF geometry, seeded) it times the parts of
 :func:`densnet_core.labelling.label_conformer` separately: SCF, analytic forces, CPKS
@@ -28,7 +33,8 @@ from densnet_core.level import DEFAULT_LEVEL
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--molecules", nargs="*", default=list(MOLECULES))
+    parser.add_argument("--molecules", nargs="*", default=list(MOLECULES), help="names or SMILES")
+    parser.add_argument("--gen-response", action="store_true", help="also time gen_response CPKS")
     args = parser.parse_args()
     level = DEFAULT_LEVEL
     print(f"level: {level.label}; PySCF threads: {args.threads}; cores: {os.cpu_count()}")
@@ -38,7 +44,7 @@ def main() -> None:
         flush=True,
     )
     for name in args.molecules:
-        numbers, xyz = geometry(MOLECULES[name])
+        numbers, xyz = geometry(MOLECULES.get(name, name))
         with qm.pyscf_threads(args.threads):
             t = {}
             t0 = time.perf_counter()
@@ -52,8 +58,9 @@ def main() -> None:
             qm.forces_hartree_per_bohr(scf.mf)
             t["forces"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            _, dm1 = qm.polarizability_au(scf.mf)
+            alpha, dm1 = qm.polarizability_au(scf.mf)
             t["response"] = time.perf_counter() - t0
+            ref = _gen_response_cpks(scf.mf) if args.gen_response else None
             t0 = time.perf_counter()
             auxmol = make_auxmol(mol, level.fit_auxbasis)
             fitter = CoulombFitter(auxmol)
@@ -71,6 +78,26 @@ def main() -> None:
             f"{sum(t.values()):7.1f} {floor:7.2f}",
             flush=True,
         )
+        if ref is not None:
+            seconds, alpha_ref = ref
+            print(
+                f"{'':10s} CPKS with gen_response: {seconds:.1f} s "
+                f"({seconds / t['response']:.1f}x); max |Δα| {np.abs(alpha - alpha_ref).max():.1e} "
+                "bohr^3",
+                flush=True,
+            )
+
+
+def _gen_response_cpks(mf: object) -> tuple[float, np.ndarray]:
+    """Seconds and polarizability of the CPKS step through PySCF's ``gen_response``."""
+    orig = qm.mo_response
+    qm.mo_response = lambda *a, **k: None  # polarizability_au then falls back to gen_response
+    try:
+        t0 = time.perf_counter()
+        alpha, _ = qm.polarizability_au(mf)
+        return time.perf_counter() - t0, alpha
+    finally:
+        qm.mo_response = orig
 
 
 if __name__ == "__main__":
