@@ -173,29 +173,32 @@ def _xc_on_grid(
         phi_o[:, p0:p1] = ao @ orbo
         phi_v[:, p0:p1] = ao @ orbv
     fxc = np.asarray(fxc).reshape(ncomp, ncomp, ngrid) * weights
-    phi_v_flat = phi_v.reshape(ncomp * ngrid, nvir)
 
     def contract(u: np.ndarray) -> np.ndarray:
         n = u.shape[0]
-        # T_k(g, n, i) = sum_a d_k phi_a(g) u_ai
-        t = (phi_v_flat @ u.transpose(1, 0, 2).reshape(nvir, n * nocc)).reshape(
-            ncomp, ngrid, n, nocc
-        )
-        # rho1 = 4 sum_ai u_ai phi_a phi_i; grad: 4 sum_ai u_ai (d phi_a phi_i + phi_a d phi_i)
-        rho1 = np.empty((ncomp, n, ngrid))
-        rho1[0] = 4.0 * np.einsum("gni,gi->ng", t[0], phi_o[0])
-        for k in range(1, ncomp):
-            rho1[k] = 4.0 * (
-                np.einsum("gni,gi->ng", t[k], phi_o[0]) + np.einsum("gni,gi->ng", t[0], phi_o[k])
-            )
-        wv = np.einsum("yng,xyg->xng", rho1, fxc)  # (ncomp, n, g), grid weights included
-        # v_ai = sum_g [phi_a (wv0 phi_i + sum_k wv_k d_k phi_i) + sum_k d_k phi_a wv_k phi_i]
-        y = np.empty((ncomp, ngrid, n, nocc))
-        y[0] = np.einsum("ng,gi->gni", wv[0], phi_o[0])
-        for k in range(1, ncomp):
-            y[0] += np.einsum("ng,gi->gni", wv[k], phi_o[k])
-            y[k] = np.einsum("ng,gi->gni", wv[k], phi_o[0])
-        v = phi_v_flat.T @ y.reshape(ncomp * ngrid, n * nocc)  # (v, n*o)
+        u_cols = u.transpose(1, 0, 2).reshape(nvir, n * nocc)
+        v = np.zeros((nvir, n * nocc))
+        for p0 in range(0, ngrid, _GRID_BLOCK):  # blocks bound the temporaries
+            p1 = min(p0 + _GRID_BLOCK, ngrid)
+            g = p1 - p0
+            po, pv = phi_o[:, p0:p1], phi_v[:, p0:p1]
+            # T_k(g, n, i) = sum_a d_k phi_a(g) u_ai
+            t = (pv.reshape(ncomp * g, nvir) @ u_cols).reshape(ncomp, g, n, nocc)
+            # rho1 = 4 sum_ai u_ai phi_a phi_i; grad: 4 sum_ai u_ai (d phi_a phi_i + phi_a d phi_i)
+            rho1 = np.empty((ncomp, n, g))
+            rho1[0] = 4.0 * np.einsum("gni,gi->ng", t[0], po[0])
+            for k in range(1, ncomp):
+                rho1[k] = 4.0 * (
+                    np.einsum("gni,gi->ng", t[k], po[0]) + np.einsum("gni,gi->ng", t[0], po[k])
+                )
+            wv = np.einsum("yng,xyg->xng", rho1, fxc[:, :, p0:p1])  # grid weights included
+            # v_ai = sum_g [phi_a (wv0 phi_i + sum_k wv_k d_k phi_i) + sum_k d_k phi_a wv_k phi_i]
+            y = np.empty((ncomp, g, n, nocc))
+            y[0] = np.einsum("ng,gi->gni", wv[0], po[0])
+            for k in range(1, ncomp):
+                y[0] += np.einsum("ng,gi->gni", wv[k], po[k])
+                y[k] = np.einsum("ng,gi->gni", wv[k], po[0])
+            v += pv.reshape(ncomp * g, nvir).T @ y.reshape(ncomp * g, n * nocc)
         return v.reshape(nvir, n, nocc).transpose(1, 0, 2)
 
     return contract
