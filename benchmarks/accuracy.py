@@ -151,11 +151,18 @@ def seed_set_inchikeys(path: Path = SEED_SET) -> set[str]:
     return {k for k in keys if k}
 
 
+_LOADED: dict[tuple[str, str], tuple[pd.DataFrame | None, str]] = {}
+
+
 def _load(labels_dir: Path, level: LevelOfTheory) -> tuple[pd.DataFrame | None, str]:
-    try:
-        return load_label_rows(labels_dir, level=level), ""
-    except NoUsableLabelsError as exc:
-        return None, str(exc)
+    """The usable label rows of ``labels_dir`` at ``level`` (read once per run; not mutated)."""
+    key = (str(Path(labels_dir).resolve()), level.hash)
+    if key not in _LOADED:
+        try:
+            _LOADED[key] = load_label_rows(labels_dir, level=level), ""
+        except NoUsableLabelsError as exc:
+            _LOADED[key] = None, str(exc)
+    return _LOADED[key]
 
 
 def _supported(rows: pd.DataFrame, elements: set[int]) -> tuple[pd.DataFrame, list[str]]:
