@@ -52,17 +52,25 @@ def _xc_type(mf: object) -> str | None:
     return xctype
 
 
-def mo_response_memory_mb(mf: object) -> float:
-    """Memory of :func:`mo_response`'s caches, MB (orbitals on the grid and DF factors)."""
+def _sizes(mf: object) -> tuple[int, int, int, int, int]:
+    """(nocc, nvir, naux, grid components, grid points) of the caches."""
     mo_occ = np.asarray(mf.mo_occ)
     nocc = int((mo_occ > 0).sum())
     nvir = mo_occ.size - nocc
     naux = mf.with_df.get_naoaux()
-    xctype = _xc_type(mf)
-    ncomp = {"HF": 0, "LDA": 1, "GGA": 4}.get(xctype or "", 0)
+    ncomp = {"HF": 0, "LDA": 1, "GGA": 4}.get(_xc_type(mf) or "", 0)
     ngrid = 0 if ncomp == 0 else mf.grids.weights.size
-    words = ncomp * ngrid * (nocc + nvir) + naux * (nvir * nvir + nvir * nocc + nocc * nocc)
-    return words * 8 / 1e6
+    return nocc, nvir, naux, ncomp, ngrid
+
+
+def mo_response_memory_mb(mf: object) -> tuple[float, float]:
+    """Memory of :func:`mo_response`'s caches, MB: (DF factors, orbitals on the whole grid).
+
+    The DF factors are needed; the grid cache may be partial (the rest is recomputed per call).
+    """
+    nocc, nvir, naux, ncomp, ngrid = _sizes(mf)
+    df_words = naux * (nvir * nvir + nvir * nocc + nocc * nocc)
+    return df_words * 8 / 1e6, ncomp * ngrid * (nocc + nvir) * 8 / 1e6
 
 
 def mo_response(
@@ -75,7 +83,8 @@ def mo_response(
     mf
         Converged closed-shell density-fitted RKS or RHF object (``mf.with_df``).
     max_memory_mb
-        Upper bound for the caches (:func:`mo_response_memory_mb`), MB; above it None.
+        Budget for the caches (:func:`mo_response_memory_mb`), MB. None when the DF factors
+        alone need more than half of it; orbitals beyond the budget are recomputed per call.
 
     Returns
     -------
@@ -91,11 +100,16 @@ def mo_response(
     xctype = _xc_type(mf)
     if xctype is None:
         return None
-    need = mo_response_memory_mb(mf)
-    if need > max_memory_mb:
-        log.info("mo_response: caches need %.0f MB > %.0f MB; using gen_response", need,
-                 max_memory_mb)  # fmt: skip
+    df_mb, grid_mb = mo_response_memory_mb(mf)
+    if df_mb > 0.5 * max_memory_mb:
+        log.info("mo_response: DF factors need %.0f MB > half of %.0f MB; using gen_response",
+                 df_mb, max_memory_mb)  # fmt: skip
         return None
+    # the orbitals on as much of the grid as the rest of the budget holds (all, usually)
+    grid_fraction = 1.0 if grid_mb == 0 else min(1.0, (max_memory_mb - df_mb) / grid_mb)
+    if grid_fraction < 1.0:
+        log.info("mo_response: orbitals cached on %.0f %% of the grid (%.0f MB budget)",
+                 100 * grid_fraction, max_memory_mb)  # fmt: skip
 
     mol = mf.mol
     mo_coeff = np.asarray(mf.mo_coeff)
@@ -125,7 +139,7 @@ def mo_response(
 
     xc = None
     if xctype in ("LDA", "GGA"):
-        xc = _xc_on_grid(mf, xctype, mo_coeff, mo_occ, orbo, orbv)
+        xc = _xc_on_grid(mf, xctype, mo_coeff, mo_occ, orbo, orbv, grid_fraction)
 
     def fvind(u: np.ndarray) -> np.ndarray:
         u = np.asarray(u, dtype=float).reshape(-1, nvir, nocc)
@@ -155,8 +169,10 @@ def _xc_on_grid(
     mo_occ: np.ndarray,
     orbo: np.ndarray,
     orbv: np.ndarray,
+    grid_fraction: float = 1.0,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """The XC-kernel part of ``fvind``, with the orbitals (and gradients) cached on the grid."""
+    """The XC-kernel part of ``fvind``; the orbitals (and gradients) on the first
+    ``grid_fraction`` of the grid are cached, the rest are evaluated again at every call."""
     mol, grids, ni = mf.mol, mf.grids, mf._numint
     # same kernel as gen_response (singlet=None: spin-restricted, total density)
     _rho0, _vxc, fxc = ni.cache_xc_kernel(mol, grids, mf.xc, mo_coeff, mo_occ, spin=0)
@@ -165,23 +181,24 @@ def _xc_on_grid(
     coords, weights = grids.coords, grids.weights
     ngrid = weights.size
     nocc, nvir = orbo.shape[1], orbv.shape[1]
-    phi_o = np.empty((ncomp, ngrid, nocc))
-    phi_v = np.empty((ncomp, ngrid, nvir))
-    for p0 in range(0, ngrid, _GRID_BLOCK):
-        p1 = min(p0 + _GRID_BLOCK, ngrid)
+
+    def orbitals(p0: int, p1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(phi_o (ncomp, g, nocc), phi_v (ncomp, g, nvir)) on grid points p0:p1."""
         ao = numint.eval_ao(mol, coords[p0:p1], deriv=deriv).reshape(ncomp, p1 - p0, -1)
-        phi_o[:, p0:p1] = ao @ orbo
-        phi_v[:, p0:p1] = ao @ orbv
+        return ao @ orbo, ao @ orbv
+
+    blocks = [(p0, min(p0 + _GRID_BLOCK, ngrid)) for p0 in range(0, ngrid, _GRID_BLOCK)]
+    n_cached = int(np.floor(grid_fraction * ngrid))
+    cache = [orbitals(p0, p1) if p1 <= n_cached else None for p0, p1 in blocks]
     fxc = np.asarray(fxc).reshape(ncomp, ncomp, ngrid) * weights
 
     def contract(u: np.ndarray) -> np.ndarray:
         n = u.shape[0]
         u_cols = u.transpose(1, 0, 2).reshape(nvir, n * nocc)
         v = np.zeros((nvir, n * nocc))
-        for p0 in range(0, ngrid, _GRID_BLOCK):  # blocks bound the temporaries
-            p1 = min(p0 + _GRID_BLOCK, ngrid)
+        for (p0, p1), cached in zip(blocks, cache, strict=True):  # blocks bound temporaries
             g = p1 - p0
-            po, pv = phi_o[:, p0:p1], phi_v[:, p0:p1]
+            po, pv = cached if cached is not None else orbitals(p0, p1)
             # T_k(g, n, i) = sum_a d_k phi_a(g) u_ai
             t = (pv.reshape(ncomp * g, nvir) @ u_cols).reshape(ncomp, g, n, nocc)
             # rho1 = 4 sum_ai u_ai phi_a phi_i; grad: 4 sum_ai u_ai (d phi_a phi_i + phi_a d phi_i)

@@ -73,9 +73,17 @@ def test_no_density_fitting_falls_back():
     assert mo_response(_mf("b3lyp", density_fit=False)) is None
 
 
-def test_memory_cap_falls_back():
+def test_memory_budget():
+    """A budget below the full grid cache caches part of it (same numbers); one that the DF
+    factors do not fit in falls back to gen_response."""
     mf = _mf("b3lyp")
-    need = mo_response_memory_mb(mf)
-    assert need > 0
-    assert mo_response(mf, max_memory_mb=need / 2) is None
-    assert mo_response(mf, max_memory_mb=need * 2) is not None
+    df_mb, grid_mb = mo_response_memory_mb(mf)
+    assert df_mb > 0 and grid_mb > 0
+    nocc = int((mf.mo_occ > 0).sum())
+    u = np.random.default_rng(3).normal(size=(2, mf.mo_occ.size - nocc, nocc))
+    full = mo_response(mf, max_memory_mb=4 * (df_mb + grid_mb))
+    assert grid_mb > 2 * df_mb  # so that this budget caches part of the grid, not all
+    part = mo_response(mf, max_memory_mb=df_mb + 0.5 * grid_mb)
+    assert full is not None and part is not None
+    np.testing.assert_allclose(part(u), full(u), rtol=0, atol=1e-12 * abs(full(u)).max())
+    assert mo_response(mf, max_memory_mb=1.5 * df_mb) is None
