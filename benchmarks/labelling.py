@@ -5,9 +5,10 @@ Usage::
     python -m benchmarks.labelling [--threads 2] [--molecules ethanol pyridine caffeine]
                                     [--gen-response]
 
-``--molecules`` takes names of ``benchmarks.qm_timings.MOLECULES`` or SMILES. ``--gen-response`` also times the CPKS step
-with PySCF's AO-basis ``mf.gen_response`` (what :mod:`densnet_core.mo_response` replaces) and
-prints the largest polarizability difference between the two.
+``--molecules`` takes names of ``benchmarks.qm_timings.MOLECULES`` or SMILES.
+``--gen-response`` also times the CPKS step with PySCF's AO-basis ``mf.gen_response`` (what
+:mod:`densnet_core.mo_response` replaces) and prints the largest polarizability difference
+between the two.
 
 For each molecule (RDKit ETKDG + MMFF geometry, seeded) it times the parts of
 :func:`densnet_core.labelling.label_conformer` separately: SCF, analytic forces, CPKS
