@@ -16,7 +16,7 @@ The analytic polarizability is a coupled-perturbed Kohn–Sham (CPKS/CPHF) calcu
 ``mf.gen_response`` (Coulomb, exact exchange and the XC kernel, evaluated with the same density
 fitting and the same grid as the SCF) and :func:`pyscf.scf.cphf.solve`. For density-fitted
 closed-shell SCFs the response is evaluated in the occupied–virtual block only
-(:mod:`densnet_core.mo_response`, the same numbers at a third of the cost). The finite-field
+(:mod:`densnet_core.mo_response`, the same numbers at a quarter of the cost). The finite-field
 polarizability is the validation reference.
 
 Forces are the analytic nuclear gradient (``mf.nuc_grad_method()``). For DFT the grid response
@@ -480,7 +480,7 @@ def polarizability_au(
         d = np.einsum("pa,xai,qi->xpq", orbv, u * 2.0, orbo)
         return d + d.transpose(0, 2, 1)
 
-    # the same response in the (a, i) block only, ~3x faster; None when not supported
+    # the same response in the (a, i) block only, ~4x faster; None when not supported
     fvind = mo_response(mf, max_memory_mb=float(mf.max_memory))
     if fvind is None:
         vresp = mf.gen_response(singlet=None, hermi=1)
