@@ -52,23 +52,17 @@ def _xc_type(mf: object) -> str | None:
     return xctype
 
 
-def _sizes(mf: object) -> tuple[int, int, int, int, int]:
-    """(nocc, nvir, naux, grid components, grid points) of the caches."""
+def mo_response_memory_mb(mf: object) -> tuple[float, float]:
+    """Memory of :func:`mo_response`'s caches, MB: (DF factors, orbitals on the whole grid).
+
+    The DF factors are needed; the grid cache may be partial (the rest is recomputed per call).
+    """
     mo_occ = np.asarray(mf.mo_occ)
     nocc = int((mo_occ > 0).sum())
     nvir = mo_occ.size - nocc
     naux = mf.with_df.get_naoaux()
     ncomp = {"HF": 0, "LDA": 1, "GGA": 4}.get(_xc_type(mf) or "", 0)
     ngrid = 0 if ncomp == 0 else mf.grids.weights.size
-    return nocc, nvir, naux, ncomp, ngrid
-
-
-def mo_response_memory_mb(mf: object) -> tuple[float, float]:
-    """Memory of :func:`mo_response`'s caches, MB: (DF factors, orbitals on the whole grid).
-
-    The DF factors are needed; the grid cache may be partial (the rest is recomputed per call).
-    """
-    nocc, nvir, naux, ncomp, ngrid = _sizes(mf)
     df_words = naux * (nvir * nvir + nvir * nocc + nocc * nocc)
     return df_words * 8 / 1e6, ncomp * ngrid * (nocc + nvir) * 8 / 1e6
 
@@ -128,11 +122,12 @@ def mo_response(
         with_df.build()
     lvo, lvv, loo = [], [], []
     for lpq in with_df.loop():
-        lpq = lib.unpack_tril(lpq)  # (blk, nao, nao)
-        lpv = lpq @ orbv  # (blk, nao, v)
-        lvo.append(orbv.T @ lpq @ orbo)
-        lvv.append(orbv.T @ lpv)
-        loo.append(orbo.T @ lpq @ orbo)
+        lpq = lib.unpack_tril(lpq)  # (blk, nao, nao), symmetric
+        lvp = orbv.T @ lpq  # (blk, v, nao)
+        lvo.append(lvp @ orbo)
+        if hyb != 0:  # exchange needs the vv and oo blocks too
+            lvv.append(lvp @ orbv)
+            loo.append(orbo.T @ lpq @ orbo)
     l_vo = np.concatenate(lvo)
     l_vv = np.concatenate(lvv) if hyb != 0 else None
     l_oo = np.concatenate(loo) if hyb != 0 else None

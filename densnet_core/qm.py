@@ -414,6 +414,7 @@ def polarizability_au(
     conv_tol: float = 1e-9,
     max_cycle: int = 100,
     max_residual: float | None = 1e-4,
+    mo_block: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Static dipole polarizability by analytic response (CPKS / CPHF).
 
@@ -436,6 +437,10 @@ def polarizability_au(
         build, ~1 Krylov iteration of cost) and a :class:`RuntimeError` is raised when
         ``|residual| / |rhs|`` exceeds this (the Krylov solver does not report failure).
         ``None`` skips the check.
+    mo_block
+        Evaluate the response in the occupied–virtual block (:mod:`densnet_core.mo_response`)
+        where it supports ``mf``; False always uses ``mf.gen_response`` (the same numbers, for
+        comparisons and timings).
 
     Returns
     -------
@@ -481,7 +486,7 @@ def polarizability_au(
         return d + d.transpose(0, 2, 1)
 
     # the same response in the (a, i) block only, ~4x faster; None when not supported
-    fvind = mo_response(mf, max_memory_mb=float(mf.max_memory))
+    fvind = mo_response(mf, max_memory_mb=float(mf.max_memory)) if mo_block else None
     if fvind is None:
         vresp = mf.gen_response(singlet=None, hermi=1)
 
