@@ -52,6 +52,15 @@ def _xc_type(mf: object) -> str | None:
     return xctype
 
 
+def _hybrid_fraction(mf: object, xctype: str | None) -> float:
+    """Fraction of exact exchange: 1 for HF, the functional's for a global hybrid, else 0."""
+    if xctype == "HF":
+        return 1.0
+    if xctype is None:
+        return 0.0
+    return float(mf._numint.rsh_and_hybrid_coeff(mf.xc, mf.mol.spin)[2])
+
+
 def mo_response_memory_mb(mf: object) -> tuple[float, float]:
     """Memory of :func:`mo_response`'s caches, MB: (DF factors, orbitals on the whole grid).
 
@@ -61,9 +70,12 @@ def mo_response_memory_mb(mf: object) -> tuple[float, float]:
     nocc = int((mo_occ > 0).sum())
     nvir = mo_occ.size - nocc
     naux = mf.with_df.get_naoaux()
-    ncomp = {"HF": 0, "LDA": 1, "GGA": 4}.get(_xc_type(mf) or "", 0)
+    xctype = _xc_type(mf)
+    ncomp = {"HF": 0, "LDA": 1, "GGA": 4}.get(xctype or "", 0)
     ngrid = 0 if ncomp == 0 else mf.grids.weights.size
-    df_words = naux * (nvir * nvir + nvir * nocc + nocc * nocc)
+    df_words = naux * nvir * nocc
+    if _hybrid_fraction(mf, xctype) != 0:  # exchange needs the vv and oo blocks too
+        df_words += naux * (nvir * nvir + nocc * nocc)
     return df_words * 8 / 1e6, ncomp * ngrid * (nocc + nvir) * 8 / 1e6
 
 
@@ -105,17 +117,13 @@ def mo_response(
         log.info("mo_response: orbitals cached on %.0f %% of the grid (%.0f MB budget)",
                  100 * grid_fraction, max_memory_mb)  # fmt: skip
 
-    mol = mf.mol
     mo_coeff = np.asarray(mf.mo_coeff)
     mo_occ = np.asarray(mf.mo_occ)
     occ = mo_occ > 0
     orbo, orbv = mo_coeff[:, occ], mo_coeff[:, ~occ]
     nocc, nvir = orbo.shape[1], orbv.shape[1]
 
-    if xctype == "HF":
-        hyb = 1.0
-    else:
-        hyb = float(mf._numint.rsh_and_hybrid_coeff(mf.xc, mol.spin)[2])
+    hyb = _hybrid_fraction(mf, xctype)
 
     # density-fitting factors L_P in the MO blocks: (naux, v, o), (naux, v, v), (naux, o, o)
     if with_df._cderi is None:

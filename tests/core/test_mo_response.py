@@ -86,3 +86,16 @@ def test_memory_budget():
     assert full is not None and part is not None
     np.testing.assert_allclose(part(u), full(u), rtol=0, atol=1e-12 * abs(full(u)).max())
     assert mo_response(mf, max_memory_mb=1.5 * df_mb) is None
+
+
+@pytest.mark.parametrize(("xc", "hybrid"), [("pbe", False), ("b3lyp", True), ("hf", True)])
+def test_memory_estimate_counts_exchange_blocks_only_for_hybrids(xc, hybrid):
+    """The DF estimate is naux·v·o words for a pure functional and adds the vv and oo blocks
+    only when there is exact exchange."""
+    mf = _mf(xc)
+    df_mb, _grid_mb = mo_response_memory_mb(mf)
+    nocc = int((mf.mo_occ > 0).sum())
+    nvir = mf.mo_occ.size - nocc
+    naux = mf.with_df.get_naoaux()
+    words = naux * nvir * nocc + (naux * (nvir**2 + nocc**2) if hybrid else 0)
+    assert df_mb == pytest.approx(words * 8 / 1e6, rel=1e-12)
