@@ -99,6 +99,7 @@ TARGETED_ROUNDS = (
     "heteroaromatics/heteroaromatics.smi",
     "lactams/lactams.smi",
     "lactams2/lactams2.smi",
+    "sulfonyl/sulfonyl.smi",
 )
 
 
