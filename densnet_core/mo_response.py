@@ -125,20 +125,7 @@ def mo_response(
 
     hyb = _hybrid_fraction(mf, xctype)
 
-    # density-fitting factors L_P in the MO blocks: (naux, v, o), (naux, v, v), (naux, o, o)
-    if with_df._cderi is None:
-        with_df.build()
-    lvo, lvv, loo = [], [], []
-    for lpq in with_df.loop():
-        lpq = lib.unpack_tril(lpq)  # (blk, nao, nao), symmetric
-        lvp = orbv.T @ lpq  # (blk, v, nao)
-        lvo.append(lvp @ orbo)
-        if hyb != 0:  # exchange needs the vv and oo blocks too
-            lvv.append(lvp @ orbv)
-            loo.append(orbo.T @ lpq @ orbo)
-    l_vo = np.concatenate(lvo)
-    l_vv = np.concatenate(lvv) if hyb != 0 else None
-    l_oo = np.concatenate(loo) if hyb != 0 else None
+    l_vo, l_vv, l_oo = _df_mo_blocks(mf, orbo, orbv, exchange=hyb != 0)
 
     xc = None
     if xctype in ("LDA", "GGA"):
@@ -163,6 +150,43 @@ def mo_response(
         return v.reshape(n, nvir, nocc)
 
     return fvind
+
+
+def _df_mo_blocks(
+    mf: object, orbo: np.ndarray, orbv: np.ndarray, *, exchange: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Density-fitting factors L_P in the MO blocks, the DF part of :func:`mo_response_memory_mb`.
+
+    Parameters
+    ----------
+    mf
+        Density-fitted SCF object (``mf.with_df``).
+    orbo, orbv
+        (nao, nocc) occupied and (nao, nvir) virtual orbital coefficients.
+    exchange
+        Also build the vv and oo blocks (needed only with exact exchange).
+
+    Returns
+    -------
+    tuple
+        ``L_vo`` (naux, nvir, nocc), ``L_vv`` (naux, nvir, nvir) and ``L_oo`` (naux, nocc, nocc)
+        (Cholesky-decomposed 3-index integrals, atomic units); the last two are None without
+        ``exchange``.
+    """
+    with_df = mf.with_df
+    if with_df._cderi is None:
+        with_df.build()
+    lvo, lvv, loo = [], [], []
+    for lpq in with_df.loop():
+        lpq = lib.unpack_tril(lpq)  # (blk, nao, nao), symmetric
+        lvp = orbv.T @ lpq  # (blk, v, nao)
+        lvo.append(lvp @ orbo)
+        if exchange:
+            lvv.append(lvp @ orbv)
+            loo.append(orbo.T @ lpq @ orbo)
+    if not exchange:
+        return np.concatenate(lvo), None, None
+    return np.concatenate(lvo), np.concatenate(lvv), np.concatenate(loo)
 
 
 def _xc_on_grid(
