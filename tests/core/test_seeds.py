@@ -100,6 +100,7 @@ TARGETED_ROUNDS = (
     "lactams/lactams.smi",
     "lactams2/lactams2.smi",
     "sulfonyl/sulfonyl.smi",
+    "motifs/motifs.smi",
 )
 
 
