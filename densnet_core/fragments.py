@@ -11,7 +11,8 @@ Fragments are connected unions of indivisible *units* — a ring system (fused r
 together, so aromaticity is never cut), or a chain atom together with its multiply-bonded
 or charged partners (C=O, C#N, S(=O)=O and nitro stay whole) — with every cut single bond
 capped by a hydrogen. :func:`select_fragments` then picks, greedily, the fragments that
-cover the most library atom environments (Morgan radius 1) not yet covered by the labelled
+cover the most library atom environments (Morgan radius 1, or 2 once radius 1 is covered)
+not yet covered by the labelled
 molecules, per heavy atom of the fragment.
 """
 
@@ -30,7 +31,7 @@ from densnet_core.seeds import DEFAULT_ELEMENTS
 @dataclass(frozen=True)
 class Fragment:
     """A capped fragment: canonical ``smiles``, heavy-atom count, the library environments it
-    contains (radius-1 Morgan keys of parent atoms whose whole neighbourhood is inside it)
+    contains (Morgan keys of parent atoms whose environment the fragment holds unchanged)
     and how many library molecules contain it."""
 
     smiles: str
@@ -98,9 +99,10 @@ def _capped_smiles(mol: Chem.Mol, atoms: frozenset[int]) -> str | None:
     return Chem.MolToSmiles(frag)
 
 
-def _environment_keys(mol: Chem.Mol) -> list[int]:
-    """(N_atoms,) radius-1 Morgan environment key of every heavy atom."""
-    generator = rdFingerprintGenerator.GetMorganGenerator(radius=1)
+def _environment_keys(mol: Chem.Mol, radius: int = 1) -> list[int]:
+    """(N_atoms,) Morgan environment key of every heavy atom, at ``radius`` bonds (the largest
+    distinct environment RDKit keeps for the atom)."""
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius)
     ao = rdFingerprintGenerator.AdditionalOutput()
     ao.AllocateAtomToBits()
     generator.GetSparseCountFingerprint(mol, additionalOutput=ao)
@@ -108,7 +110,7 @@ def _environment_keys(mol: Chem.Mol) -> list[int]:
 
 
 def fragments_of(
-    mol: Chem.Mol, *, max_heavy_atoms: int = 7, min_heavy_atoms: int = 2
+    mol: Chem.Mol, *, max_heavy_atoms: int = 7, min_heavy_atoms: int = 2, radius: int = 1
 ) -> dict[str, frozenset[int]]:
     """All capped fragments of one molecule.
 
@@ -118,6 +120,10 @@ def fragments_of(
         An RDKit molecule (implicit hydrogens).
     max_heavy_atoms, min_heavy_atoms
         Size window of the fragments (heavy atoms).
+    radius
+        Environment radius (bonds): a fragment contains a parent atom's environment when
+        every atom within ``radius + 1`` bonds of it is in the fragment (so that no atom the
+        environment sees was capped).
 
     Returns
     -------
@@ -132,7 +138,15 @@ def fragments_of(
         if ku != kv:
             neighbours[ku].add(kv)
             neighbours[kv].add(ku)
-    keys = _environment_keys(mol)
+    keys = _environment_keys(mol, radius)
+    distance = Chem.GetDistanceMatrix(mol)
+    # an atom keeps its parent environment in a fragment when no atom within ``radius`` bonds
+    # of it is capped (a cap changes that atom's hydrogen count, part of the Morgan invariant):
+    # when every atom within ``radius + 1`` bonds is in the fragment
+    ball = [
+        frozenset(int(b) for b in (distance[a] <= radius + 1).nonzero()[0])
+        for a in range(len(keys))
+    ]
     sizes = [len(u) for u in units]
     seen: set[frozenset[int]] = set()
     frontier = [frozenset([k]) for k in range(len(units)) if sizes[k] <= max_heavy_atoms]
@@ -147,11 +161,7 @@ def fragments_of(
             if len(atoms) >= min_heavy_atoms:
                 smi = _capped_smiles(mol, atoms)
                 if smi is not None:
-                    interior = frozenset(
-                        keys[a]
-                        for a in atoms
-                        if all(nb.GetIdx() in atoms for nb in mol.GetAtomWithIdx(a).GetNeighbors())
-                    )
+                    interior = frozenset(keys[a] for a in atoms if ball[a] <= atoms)
                     out[smi] = out.get(smi, frozenset()) | interior
             size = len(atoms)
             for k in set().union(*(neighbours[c] for c in combo)) - combo:
@@ -167,6 +177,7 @@ def library_fragments(
     max_heavy_atoms: int = 7,
     min_heavy_atoms: int = 2,
     elements: Sequence[str] = DEFAULT_ELEMENTS,
+    radius: int = 1,
 ) -> tuple[list[Fragment], Counter]:
     """Fragments of a library and how often each environment occurs in it.
 
@@ -174,7 +185,7 @@ def library_fragments(
     -------
     (list[Fragment], Counter)
         The distinct fragments (made of ``elements`` only), and the library's count of
-        every radius-1 environment key (one count per atom).
+        every environment key of ``radius`` bonds (one count per atom).
     """
     allowed = set(elements)
     envs: dict[str, set[int]] = {}
@@ -189,9 +200,12 @@ def library_fragments(
             mol = max(Chem.GetMolFrags(mol, asMols=True), key=lambda m: m.GetNumHeavyAtoms())
             if any(a.GetSymbol() not in allowed for a in mol.GetAtoms()):
                 continue
-            counts.update(_environment_keys(mol))
+            counts.update(_environment_keys(mol, radius))
             frags = fragments_of(
-                mol, max_heavy_atoms=max_heavy_atoms, min_heavy_atoms=min_heavy_atoms
+                mol,
+                max_heavy_atoms=max_heavy_atoms,
+                min_heavy_atoms=min_heavy_atoms,
+                radius=radius,
             )
             for fsmi, keys in frags.items():
                 envs.setdefault(fsmi, set()).update(keys)
@@ -211,13 +225,13 @@ def library_fragments(
     return out, counts
 
 
-def covered_environments(smiles: Iterable[str]) -> set[int]:
-    """Radius-1 environment keys present in molecules (e.g. those already labelled)."""
+def covered_environments(smiles: Iterable[str], *, radius: int = 1) -> set[int]:
+    """Environment keys (``radius`` bonds) present in molecules (e.g. those already labelled)."""
     covered: set[int] = set()
     for smi in smiles:
         mol = Chem.MolFromSmiles(smi)
         if mol is not None:
-            covered.update(_environment_keys(mol))
+            covered.update(_environment_keys(mol, radius))
     return covered
 
 

@@ -3,11 +3,14 @@
     python scripts/build_fragment_seeds.py -o data/seed/fragments --n 40
     python scripts/build_fragment_seeds.py -o data/seed/fragments-nci --library nci \
         --prefix fragn --n 60
+    python scripts/build_fragment_seeds.py -o data/seed/fragments-r2 --radius 2 \
+        --max-heavy-atoms 8 --prefix fragr2 --n 60
 
 reads the ChEMBL lead-optimization series shipped with RDKit (``--library nci``: RDKit's NCI
 ``first_5K.smi``; or any .smi path),
 enumerates its capped fragments (``densnet_core.fragments``, <= ``--max-heavy-atoms``), drops
-those already labelled (``--labels``) or in the heterocycle benchmark (kept unseen), picks
+those already labelled (``--labels``) or in the heterocycle benchmark or one substituent away
+from one (kept unseen), picks
 greedily the ones that cover the most library atoms whose radius-1 environment no label has,
 per heavy atom, and writes ``fragments.csv`` (name, smiles, n_heavy_atoms, n_parents,
 gain_atoms). Embed and label them with the project's own flows (resumable)::
@@ -27,6 +30,7 @@ import pandas as pd
 
 from densnet_core import fragments as F
 from densnet_core.inputs import CHEMBL_SERIES, NCI_FIRST_5K, read_records
+from densnet_core.near_neighbours import benchmark_neighbours
 
 LIBRARIES = {"chembl": CHEMBL_SERIES, "nci": NCI_FIRST_5K}
 
@@ -53,17 +57,32 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--max-heavy-atoms", type=int, default=10)
     ap.add_argument(
+        "--radius",
+        type=int,
+        default=1,
+        help="environment radius in bonds (2 once the labels cover the radius-1 ones)",
+    )
+    ap.add_argument(
         "--prefix", default="frag", help="name prefix; use a new one per round (names are ids)"
     )
     args = ap.parse_args()
 
     library = LIBRARIES.get(args.library, args.library)
-    frags, counts = F.library_fragments(_smi(library), max_heavy_atoms=args.max_heavy_atoms)
+    frags, counts = F.library_fragments(
+        _smi(library), max_heavy_atoms=args.max_heavy_atoms, radius=args.radius
+    )
+    bench = (
+        [(r.name, r.smiles) for r in read_records(args.exclude) if r.smiles and not r.error]
+        if args.exclude.exists()
+        else []
+    )
+    # keep the benchmark unseen: no benchmark molecule and no one-substituent neighbour of one
+    frags = [f for f in frags if not benchmark_neighbours(f.smiles, bench)]
     parts = glob.glob(str(args.labels / "part-*.parquet"))
     labelled = pd.concat([pd.read_parquet(p, columns=["smiles"]) for p in parts]).smiles.tolist()
     labelled += [smi for path in args.queued for smi in _smi(path)]
-    covered = F.covered_environments(labelled)
-    exclude = labelled + (_smi(args.exclude) if args.exclude.exists() else [])
+    covered = F.covered_environments(labelled, radius=args.radius)
+    exclude = labelled + [smi for _, smi in bench]
     picks = F.select_fragments(frags, counts, args.n, covered=covered, exclude_smiles=exclude)
     total = sum(counts.values())
     before = sum(v for k, v in counts.items() if k not in covered)

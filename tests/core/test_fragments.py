@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from rdkit import Chem
 
 from densnet_core import fragments as F
@@ -75,3 +76,39 @@ def test_select_fragments_covers_greedily_and_respects_exclusions():
     assert all(not (f.environments <= already) for f, _ in later)
     assert sum(g for _, g in later) < sum(gains)
     assert isinstance(counts, Counter)
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_claimed_environments_are_the_fragments_own(radius):
+    """A fragment claims a parent atom's environment only if it holds it unchanged: the claimed
+    keys are among the keys RDKit computes for the capped fragment itself (a cap within the
+    environment would change a hydrogen count, and with it the key)."""
+    parents = [
+        "CCCCCCO",
+        "O=C(O)c1ccc(NC(=O)CCl)cc1",
+        "CN1CCN(c2ncc(-c3ccc(F)cc3)cn2)CC1",
+        "O=S(=O)(Nc1ccccn1)c1ccc(Br)cc1",
+    ]
+    n_claimed = 0
+    for smi in parents:
+        for fsmi, claimed in F.fragments_of(
+            Chem.MolFromSmiles(smi), max_heavy_atoms=10, radius=radius
+        ).items():
+            own = set(F.covered_environments([fsmi], radius=radius))
+            assert claimed <= own, (smi, fsmi)
+            n_claimed += len(claimed)
+    assert n_claimed > 20
+
+
+def test_radius_two_environments_need_a_larger_fragment():
+    """In pentane, butane holds the radius-1 environments of a CH3 and of the CH2 next to it,
+    but at radius 2 only the CH3's (that CH2 sees the far CH2, a CH3 in butane)."""
+    pentane = Chem.MolFromSmiles("CCCCC")
+    one = F.fragments_of(pentane, max_heavy_atoms=5, radius=1)
+    two = F.fragments_of(pentane, max_heavy_atoms=5, radius=2)
+    assert set(one) == set(two)  # the same fragments; only the environments they claim differ
+    assert len(one[_canon("CCCC")]) == 2 and len(two[_canon("CCCC")]) == 1
+    assert len(one[_canon("CCCCC")]) == len(two[_canon("CCCCC")]) == 3
+    frags, counts = F.library_fragments(["CCCCC"], max_heavy_atoms=5, radius=2)
+    assert sum(counts.values()) == 5
+    assert {f.smiles for f in frags if f.environments} == {_canon("CCCC"), _canon("CCCCC")}

@@ -92,15 +92,19 @@ def test_no_seed_round_holds_a_benchmark_heterocycle():
         assert not set(keys) & bench, (path, [keys[k] for k in set(keys) & bench])
 
 
-#: Seed rounds picked after looking at the heterocycle benchmark's errors. They must not hold a
-#: benchmark molecule with one substituent added, removed or replaced (the earlier rounds were
-#: picked blind to the benchmark and only have to avoid its molecules themselves).
+#: Seed rounds picked after looking at the heterocycle benchmark's errors, and the fragment
+#: rounds built since ``scripts/build_fragment_seeds.py`` applies the same rule. They must not
+#: hold a benchmark molecule with one substituent added, removed or replaced (the earlier rounds
+#: were picked blind to the benchmark and only have to avoid its molecules themselves).
 TARGETED_ROUNDS = (
     "heteroaromatics/heteroaromatics.smi",
     "lactams/lactams.smi",
     "lactams2/lactams2.smi",
     "sulfonyl/sulfonyl.smi",
     "motifs/motifs.smi",
+    "fragments-r2-nci/fragments.csv",
+    "fragments-r2-chembl/fragments.csv",
+    "fragments-nci3/fragments.csv",
 )
 
 
@@ -132,7 +136,7 @@ def test_targeted_seed_rounds_hold_no_benchmark_neighbour():
     bench = _benchmark()
     for round_file in TARGETED_ROUNDS:
         records = [r for r in read_records(DATA / "seed" / round_file) if r.smiles]
-        assert len(records) >= 15, round_file
+        assert len(records) >= 10, round_file
         near = {r.name: benchmark_neighbours(r.smiles, bench) for r in records}
         assert not any(near.values()), {k: v for k, v in near.items() if v}
 
