@@ -3,17 +3,18 @@
 The density model sees a molecule through atom environments within its cutoff, so small
 molecules that contain a library's local environments teach it those environments at a
 fraction of the labelling cost of the library molecules themselves (PySCF time grows
-steeply with size: on this machine ~100-230 s per label at <= 6 heavy atoms against
-700-1,000 s at 9-10). This follows the amon idea of Huang & von Lilienfeld (Nat. Chem. 2020):
+steeply with size: median seed-label times on one core of this machine were 76 s at 4 heavy
+atoms, 139 s at 6, 328 s at 8 and 348-463 s at 9-10, after the CPKS speed-up). This follows the amon idea of Huang & von Lilienfeld (Nat. Chem. 2020):
 train on the fragments of the molecules you want to predict.
 
 Fragments are connected unions of indivisible *units* — a ring system (fused rings stay
 together, so aromaticity is never cut), or a chain atom together with its multiply-bonded
 or charged partners (C=O, C#N, S(=O)=O and nitro stay whole) — with every cut single bond
 capped by a hydrogen. :func:`select_fragments` then picks, greedily, the fragments that
-cover the most library atom environments (Morgan radius 1, or 2 once radius 1 is covered)
-not yet covered by the labelled
-molecules, per heavy atom of the fragment.
+cover the most library atom environments (Morgan keys of radius 1, or 2 once radius 1 is
+covered) not yet covered by the labelled molecules, per heavy atom of the fragment. A fragment
+holds a parent atom's environment only if no atom within the radius was capped (a cap changes
+that atom's hydrogen count, which the key includes).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
     python scripts/build_fragment_seeds.py -o data/seed/fragments --n 40
     python scripts/build_fragment_seeds.py -o data/seed/fragments-nci --library nci \
         --prefix fragn --n 60
-    python scripts/build_fragment_seeds.py -o data/seed/fragments-r2 --radius 2 \
-        --max-heavy-atoms 8 --prefix fragr2 --n 60
+    python scripts/build_fragment_seeds.py -o data/seed/fragments-r2-nci --library nci \
+        --radius 2 --max-heavy-atoms 8 --prefix fragr2n --n 30
 
 reads the ChEMBL lead-optimization series shipped with RDKit (``--library nci``: RDKit's NCI
 ``first_5K.smi``; or any .smi path),
