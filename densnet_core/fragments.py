@@ -4,7 +4,8 @@ The density model sees a molecule through atom environments within its cutoff, s
 molecules that contain a library's local environments teach it those environments at a
 fraction of the labelling cost of the library molecules themselves (PySCF time grows
 steeply with size: median seed-label times on one core of this machine were 76 s at 4 heavy
-atoms, 139 s at 6, 328 s at 8 and 348-463 s at 9-10, after the CPKS speed-up). This follows the amon idea of Huang & von Lilienfeld (Nat. Chem. 2020):
+atoms, 139 s at 6, 328 s at 8 and 348-463 s at 9-10, after the CPKS speed-up). This follows
+the amon idea of Huang & von Lilienfeld (Nat. Chem. 2020):
 train on the fragments of the molecules you want to predict.
 
 Fragments are connected unions of indivisible *units* — a ring system (fused rings stay
