@@ -118,7 +118,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         "count_projection": "prior",
         "charge_transfer": True,
     },
+    # "default" with every multiplicity doubled (embedding, hidden irreps, edge and product
+    # channels, radial MLP, readouts). Same cutoff, depth and lmax.
+    "wide": {
+        "cutoff_bohr": 7.5,
+        "n_radial": 8,
+        "envelope_p": 6,
+        "lmax_sh": 5,
+        "edge_mul": [64, 32, 32, 16, 16, 8],
+        "product_mul": 32,
+        "embed_dim": 64,
+        "hidden_irreps": "64x0e+32x1o+16x2e",
+        "n_layers": 3,
+        "radial_hidden": 64,
+        "readout_mul": [64, 32, 32, 16, 16, 8, 8, 4],
+        "readout_pseudo_mul": [0, 16, 16, 8, 8, 8, 4, 4],
+        "avg_num_neighbors": 12.0,
+        "response": True,
+        "count_projection": "prior",
+        "charge_transfer": True,
+    },
 }
+
+
+def _as_plain(value: Any) -> Any:
+    """Sequences as lists, so that a tuple override equals the preset's list."""
+    return list(value) if isinstance(value, tuple | list) else value
 
 
 @contextlib.contextmanager
@@ -980,11 +1005,20 @@ class DensityModel(nn.Module):
         aux_basis: str | None = None,
         **overrides: Any,
     ) -> DensityModel:
-        """Build from ``PRESETS[name]`` with keyword overrides."""
+        """Build from ``PRESETS[name]`` with keyword overrides.
+
+        The config records ``preset`` as ``name`` when the overrides change nothing, and as
+        ``"name+custom"`` when they do (the config's own values are what counts).
+        """
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        kwargs = {**copy.deepcopy(PRESETS[name]), **overrides}
-        return cls(irreps_by_element=irreps_by_element, aux_basis=aux_basis, preset=name, **kwargs)
+        base = copy.deepcopy(PRESETS[name])
+        changed = any(
+            k not in base or _as_plain(v) != _as_plain(base[k]) for k, v in overrides.items()
+        )
+        kwargs = {**base, **overrides}
+        label = f"{name}+custom" if changed else name
+        return cls(irreps_by_element=irreps_by_element, aux_basis=aux_basis, preset=label, **kwargs)
 
     @classmethod
     def for_aux_basis(

@@ -529,7 +529,7 @@ def train(
     level
         Level of theory of the labels to use; None = :func:`infer_level`.
     preset
-        Architecture preset of a new model (``"small"``, ``"default"``).
+        Architecture preset of a new model (a key of ``densnet_core.model.PRESETS``).
     device
         ``"cpu"`` or ``"cuda[:k]"`` (a clear error if CUDA is unavailable).
     init

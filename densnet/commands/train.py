@@ -66,7 +66,9 @@ def train(
     ],
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:K.")] = "cpu",
     init: Annotated[Path | None, typer.Option(help="Fine-tune from this model directory.")] = None,
-    preset: Annotated[str, typer.Option(help="Architecture preset: small or default.")] = "default",
+    preset: Annotated[
+        str, typer.Option(help="Architecture preset: small, default or wide (twice as wide).")
+    ] = "default",
     epochs: Annotated[int, typer.Option(min=0, help="Planned epochs (cosine horizon).")] = 200,
     batch_size: Annotated[int, typer.Option(min=1, help="Conformers per step.")] = 8,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
@@ -130,8 +132,10 @@ def train(
     console = Console(stderr=True)
     lvl = _parse_level(level)
     weights = _parse_loss_weights(loss_weights)
-    if preset not in ("small", "default"):
-        raise _fail(f"--preset must be small or default, not {preset!r}")
+    from densnet_core.model import PRESETS
+
+    if preset not in PRESETS:
+        raise _fail(f"--preset must be one of {', '.join(sorted(PRESETS))}, not {preset!r}")
 
     from densnet_core.dataset import NoUsableLabelsError
     from densnet_core.modelio import ModelFileError

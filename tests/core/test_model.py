@@ -473,7 +473,7 @@ def test_config_json_round_trip_and_clean_state_dict(model64):
     for key in ("density_coeffs", "response_coeffs", "polarizability_au"):
         assert torch.equal(a[key], b[key])
     assert cfg["preset"] == "small" and cfg["aux_basis"] == AUX
-    assert set(PRESETS) >= {"small", "default"}
+    assert set(PRESETS) >= {"small", "default", "wide"}
 
 
 def test_unsupported_element_is_a_clear_error(model64):
@@ -515,9 +515,10 @@ def test_training_overfits_three_molecules():
 
 
 @pytest.mark.slow
-def test_default_preset_equivariant_float64():
+@pytest.mark.parametrize("preset", ["default", "wide"])
+def test_larger_presets_equivariant_float64(preset):
     torch.manual_seed(0)
-    model = DensityModel.from_preset("default", irreps_by_element=_irreps_by_element()).double()
+    model = DensityModel.from_preset(preset, irreps_by_element=_irreps_by_element()).double()
     f, irreps_out = _equivariance_wrapper(model.eval(), *AMMONIUM, 1.0)
     assert_equivariant(
         f,
@@ -534,14 +535,14 @@ def test_model_is_copyable_and_float64_parameters(model64):
 
 
 def test_bromine_jkfit_heads_are_reachable_and_equivariant():
-    """Br in def2-universal-jkfit has l <= 5 shells (its field response reaches l = 6): both
-    presets build heads for it, and density and response rotate as they must (float64)."""
+    """Br in def2-universal-jkfit has l <= 5 shells (its field response reaches l = 6): every
+    preset builds heads for it, and density and response rotate as they must (float64)."""
     from densnet_core.basis import element_irreps
 
     aux = "def2-universal-jkfit"
     irreps = {z: element_irreps(z, aux) for z in (1, 6, 35)}
     assert max(ir.l for _, ir in o3.Irreps(irreps[35])) == 5
-    for preset in ("small", "default"):
+    for preset in PRESETS:
         DensityModel.from_preset(preset, irreps_by_element=irreps, aux_basis=aux)
     torch.manual_seed(0)
     model = DensityModel.from_preset("small", irreps_by_element=irreps, aux_basis=aux)
@@ -694,3 +695,11 @@ def test_charge_transfer_config_round_trip_and_old_configs():
     old = dict(model.config)
     del old["charge_transfer"]  # a config written before the option: no charge transfer
     assert DensityModel.from_config(old).charge_transfer is None
+
+
+def test_config_says_when_a_preset_was_overridden():
+    irreps = _irreps_by_element()
+    same = DensityModel.from_preset("small", irreps_by_element=irreps, n_layers=2)
+    other = DensityModel.from_preset("small", irreps_by_element=irreps, n_layers=3)
+    assert same.config["preset"] == "small"
+    assert other.config["preset"] == "small+custom" and other.config["n_layers"] == 3
