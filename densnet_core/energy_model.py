@@ -59,6 +59,7 @@ from densnet_core.graph import MoleculeInput, collate, element_gather_indices, r
 from densnet_core.level import LevelOfTheory
 from densnet_core.model import (
     DensityModel,
+    EdgeGeometry,
     Interaction,
     RadialBasis,
     _fast_e3nn_build,
@@ -462,8 +463,9 @@ class EnergyModel(nn.Module):
         vec = pos[src] - pos[dst]
         edge_sh = self.spherical_harmonics(vec)
         edge_radial = self.radial_basis(vec.norm(dim=-1))
+        edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, feats.shape[0])
         for layer in self.layers:
-            feats = layer(feats, node_attr, src, dst, edge_sh, edge_radial)
+            feats = layer(feats, node_attr, edges)
         y = self.mlp(self.readout(feats)).squeeze(-1)
         # float64 sum: the reference energies (~ -40 Eh per heavy atom) would swamp float32
         e_atom = self.e_ref_hartree.double()[el] + self.energy_scale_hartree.double() * y.double()

@@ -44,9 +44,11 @@ import torch
 
 __all__ = [
     "MoleculeInput",
+    "NeighbourTable",
     "centre_of_nuclear_charge",
     "collate",
     "element_gather_indices",
+    "neighbour_table",
     "radius_graph",
 ]
 
@@ -134,6 +136,64 @@ def radius_graph(
         d2 = (positions_bohr[i] - positions_bohr[j]).pow(2).sum(-1)
         keep = (d2 < cutoff_bohr * cutoff_bohr) & (i != j)
     return torch.stack([j[keep], i[keep]])
+
+
+@dataclass(frozen=True)
+class NeighbourTable:
+    """Every atom's incoming edges as one row of a dense, zero-padded (A, K) table.
+
+    A neighbour sum ``out_i = sum_{e: dst_e = i} f(e)`` over a radius graph is, per atom, a
+    short dense reduction; laid out as (A, K, ...) it becomes batched matrix products
+    (``torch.bmm``), which on a CPU are about twice as fast as gathering an (E, C) message
+    tensor and scattering it back with ``index_add_``, even with half the slots empty
+    (K is the largest in-degree of the batch, the mean is ~12 for drug-like molecules).
+
+    Attributes
+    ----------
+    slot
+        (E,) long: position of every edge in the flattened (A * K) table, ``dst * K + rank``.
+    n_atoms
+        A, the number of atoms (rows).
+    k
+        K, the largest number of incoming edges of any atom (0 without edges).
+    """
+
+    slot: torch.Tensor
+    n_atoms: int
+    k: int
+
+    def pad(self, edge_values: torch.Tensor) -> torch.Tensor:
+        """(E, C) per-edge values -> (A, K, C), zeros in the unused slots (differentiable)."""
+        c = edge_values.shape[1]
+        table = edge_values.new_zeros((self.n_atoms * self.k, c))
+        return table.index_copy(0, self.slot, edge_values).view(self.n_atoms, self.k, c)
+
+
+def neighbour_table(edge_dst: torch.Tensor, n_atoms: int) -> NeighbourTable:
+    """The :class:`NeighbourTable` of a graph's receiving atoms.
+
+    Parameters
+    ----------
+    edge_dst
+        (E,) long: receiving atom of every edge (``edge_index[1]``), in any order.
+    n_atoms
+        A, the number of atoms.
+
+    Returns
+    -------
+    NeighbourTable
+        Edges keep their relative order within each atom's row.
+    """
+    n_edges = int(edge_dst.shape[0])
+    if n_edges == 0:
+        return NeighbourTable(slot=edge_dst.new_zeros((0,)), n_atoms=int(n_atoms), k=0)
+    order = torch.argsort(edge_dst, stable=True)
+    counts = torch.bincount(edge_dst, minlength=int(n_atoms))
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(edge_dst)
+    rank[order] = torch.arange(n_edges, device=edge_dst.device) - first[edge_dst[order]]
+    k = int(counts.max())
+    return NeighbourTable(slot=edge_dst * k + rank, n_atoms=int(n_atoms), k=k)
 
 
 def element_gather_indices(

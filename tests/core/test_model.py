@@ -21,10 +21,18 @@ import torch
 from e3nn import o3
 from e3nn.util.test import assert_equivariant
 
-from densnet_core.graph import MoleculeInput, centre_of_nuclear_charge, collate, radius_graph
+from densnet_core.graph import (
+    MoleculeInput,
+    centre_of_nuclear_charge,
+    collate,
+    neighbour_table,
+    radius_graph,
+)
 from densnet_core.model import (
     PRESETS,
     DensityModel,
+    EdgeDensity,
+    EdgeGeometry,
     PolynomialEnvelope,
     project_electron_count,
     response_irreps,
@@ -267,6 +275,52 @@ def test_radius_graph_only_pairs_within_molecules():
                 want.add((j, i))
     assert got == want
     assert len(got) > 0
+
+
+@pytest.mark.parametrize("n_isolated", [0, 1])
+def test_edge_density_equals_the_explicit_neighbour_sum(n_isolated):
+    """The padded-table neighbour sum equals sum_j w(r_ij) s_j Y(r_hat_ij), edges in any order."""
+    g = torch.Generator().manual_seed(1)
+    n = 9 + n_isolated
+    pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * 2.0
+    pos[9:] += 100.0  # isolated atoms: no edges, rows of zeros
+    ei = radius_graph(pos, torch.zeros(n, dtype=torch.long), 4.0)
+    ei = ei[:, torch.randperm(ei.shape[1], generator=g)]  # the table must not need sorted edges
+    src, dst = ei
+    vec = pos[src] - pos[dst]
+    sh = o3.spherical_harmonics(o3.Irreps.spherical_harmonics(3), vec, True, "component")
+    radial = torch.rand(ei.shape[1], 4, generator=g, dtype=torch.float64)
+    edge = EdgeDensity(
+        n_scalars=5, muls=[3, 2, 0, 2], n_radial=4, radial_hidden=6, avg_num_neighbors=3.0
+    ).double()
+    s = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    got = edge(s, EdgeGeometry.build(ei, sh, radial, n))
+
+    w = edge.lin(s)[src] * edge.radial(radial)  # (E, channels), channels l-major
+    want = []
+    c0 = 0
+    for l, mul in enumerate(edge.muls):
+        y = sh[:, l * l : (l + 1) ** 2]
+        msg = (w[:, c0 : c0 + mul, None] * y[:, None, :]).reshape(len(src), -1)
+        want.append(torch.zeros(n, msg.shape[1], dtype=msg.dtype).index_add(0, dst, msg))
+        c0 += mul
+    want = torch.cat(want, dim=1) / math.sqrt(3.0)
+    assert got.shape == (n, edge.irreps_out.dim)
+    assert torch.allclose(got, want, atol=1e-12)
+    if n_isolated:
+        assert torch.count_nonzero(got[9:]) == 0
+    table = neighbour_table(dst, n)
+    assert table.k == int(torch.bincount(dst, minlength=n).max())
+    assert len(set(table.slot.tolist())) == len(dst)  # every edge its own slot
+
+
+def test_edge_geometry_without_edges():
+    """A lone atom has no edges: an empty (A, 0) table and a zero neighbour density."""
+    ei = torch.zeros((2, 0), dtype=torch.long)
+    geom = EdgeGeometry.build(ei, torch.zeros(0, 4), torch.zeros(0, 3), 1)
+    edge = EdgeDensity(n_scalars=2, muls=[2, 1], n_radial=3, radial_hidden=4, avg_num_neighbors=1)
+    out = edge(torch.ones(1, 2), geom)
+    assert geom.table.k == 0 and out.shape == (1, 5) and torch.count_nonzero(out) == 0
 
 
 def _equivariance_wrapper(
