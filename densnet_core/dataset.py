@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,11 +82,12 @@ class Sample:
     density
         (M,) label density coefficients, e3nn order.
     response
-        (3, M) label response coefficients d c / d E_j, e3nn order.
+        (3, M) label response coefficients d c / d E_j, e3nn order; None for a label without
+        polarizability.
     dipole_au
         (3,) label dipole, e·bohr, about the centre of nuclear charge.
     polarizability_au
-        (3, 3) label static polarizability, bohr^3.
+        (3, 3) label static polarizability, bohr^3; None for a label without one.
     metric
         (M, M) float32 Coulomb metric J = (mu|nu), e3nn order, hartree per coefficient^2.
     n_electrons
@@ -101,9 +103,9 @@ class Sample:
     name: str
     inputs: MoleculeInput
     density: np.ndarray
-    response: np.ndarray
+    response: np.ndarray | None
     dipole_au: np.ndarray
-    polarizability_au: np.ndarray
+    polarizability_au: np.ndarray | None
     metric: np.ndarray = field(repr=False)
     n_electrons: float
     multiplicity: int
@@ -115,7 +117,9 @@ class Sample:
         return int(self.density.shape[0])
 
 
-def load_label_rows(labels_dir: str | os.PathLike[str], *, level: LevelOfTheory) -> pd.DataFrame:
+def load_label_rows(
+    labels_dir: str | os.PathLike[str], *, level: LevelOfTheory, density_variants: bool = False
+) -> pd.DataFrame:
     """The usable rows of a label store for one level of theory.
 
     Parameters
@@ -123,13 +127,19 @@ def load_label_rows(labels_dir: str | os.PathLike[str], *, level: LevelOfTheory)
     labels_dir
         Folder of ``labels`` part files.
     level
-        Level of theory: rows must have its ``level_hash`` and ``aux_basis``.
+        Level of theory: rows must have its ``level_hash`` (or that of a variant that
+        :meth:`~densnet_core.level.LevelOfTheory.provides` everything it has) and its
+        ``aux_basis``.
+    density_variants
+        Also take the rows of the level's variants with or without polarizability and forces
+        (:meth:`~densnet_core.level.LevelOfTheory.variants`: the same density and dipole).
+        Those rows may have null ``polarizability_au`` / ``response_coeffs`` / forces.
 
     Returns
     -------
     pandas.DataFrame
-        ``status == "ok"`` rows of that level, deduplicated by conformer key (the last write
-        wins), in store order.
+        ``status == "ok"`` rows of that level, deduplicated by conformer key (the most complete
+        label wins, then the last write), in store order.
 
     Raises
     ------
@@ -145,7 +155,10 @@ def load_label_rows(labels_dir: str | os.PathLike[str], *, level: LevelOfTheory)
     if df.empty:
         raise NoUsableLabelsError(f"{labels_dir} holds no label part files")
     ok = df[df[K.STATUS] == K.STATUS_OK]
-    mine = ok[(ok[K.LEVEL_HASH] == level.hash) & (ok[K.AUX_BASIS] == level.fit_auxbasis)]
+    levels = [v for v in level.variants() if density_variants or v.provides(level)]
+    # rank of a row's level: the more it holds, the higher (dedup keeps the highest rank)
+    rank = {v.hash: int(v.polarizability) * 2 + int(v.forces) for v in levels}
+    mine = ok[ok[K.LEVEL_HASH].isin(list(rank)) & (ok[K.AUX_BASIS] == level.fit_auxbasis)]
     if mine.empty:
         found = (
             ok.groupby([K.LEVEL_OF_THEORY, K.LEVEL_HASH]).size().to_dict() if not ok.empty else {}
@@ -154,8 +167,11 @@ def load_label_rows(labels_dir: str | os.PathLike[str], *, level: LevelOfTheory)
             f"{labels_dir}: no status='ok' labels for level {level.label!r} "
             f"(hash {level.hash}); {len(df)} rows, {len(ok)} ok; ok rows per level: {found}"
         )
-    mine = mine.drop_duplicates(subset=[K.CONFORMER_KEY], keep="last")
-    return mine.reset_index(drop=True)
+    order = mine[K.LEVEL_HASH].map(rank).to_numpy()
+    best = mine.iloc[np.argsort(order, kind="stable")].drop_duplicates(
+        subset=[K.CONFORMER_KEY], keep="last"
+    )
+    return mine.loc[mine.index.isin(best.index)].reset_index(drop=True)
 
 
 def training_data_hash(rows: pd.DataFrame) -> str:
@@ -257,12 +273,18 @@ def make_samples(
         inputs = feat(numbers, pos, charge)
         m = inputs.charge_ints.shape[0]
         dens = np.asarray(r[K.DENSITY_COEFFS], dtype=np.float64)
-        resp = np.asarray(r[K.RESPONSE_COEFFS], dtype=np.float64)
+        has_alpha = _present(r[K.RESPONSE_COEFFS]) and _present(r[K.POLARIZABILITY_AU])
+        resp = np.asarray(r[K.RESPONSE_COEFFS] if has_alpha else [0.0] * 3 * m, np.float64)
         if dens.shape != (m,) or resp.shape != (3 * m,):
             raise ValueError(
                 f"label {r[K.CONFORMER_KEY]}: {dens.shape[0]} density / {resp.shape[0]} "
                 f"response coefficients, expected {m} / {3 * m} for {aux}"
             )
+        alpha = (
+            np.asarray(r[K.POLARIZABILITY_AU], dtype=np.float64).reshape(3, 3)
+            if has_alpha
+            else None
+        )
         out.append(
             Sample(
                 mol_id=str(r[K.MOL_ID]),
@@ -270,11 +292,9 @@ def make_samples(
                 name=str(r[K.NAME]),
                 inputs=inputs,
                 density=to_e3nn(dens, numbers, aux),
-                response=to_e3nn(resp.reshape(3, m), numbers, aux),
+                response=to_e3nn(resp.reshape(3, m), numbers, aux) if has_alpha else None,
                 dipole_au=np.asarray(r[K.DIPOLE_AU], dtype=np.float64).reshape(3),
-                polarizability_au=np.asarray(r[K.POLARIZABILITY_AU], dtype=np.float64).reshape(
-                    3, 3
-                ),
+                polarizability_au=alpha,
                 metric=_metric(numbers, pos, charge, mult, aux, str(r[K.CONFORMER_KEY]), cache),
                 n_electrons=float(sum(numbers) - charge),
                 multiplicity=mult,
@@ -284,6 +304,15 @@ def make_samples(
         if progress is not None:
             progress(i + 1, total)
     return out
+
+
+def _present(value: Any) -> bool:
+    """Whether a list-valued label field holds data (not None / NaN / empty)."""
+    if value is None:
+        return False
+    if isinstance(value, float):
+        return not np.isnan(value)
+    return len(value) > 0
 
 
 def split_by_molecule(

@@ -118,12 +118,11 @@ ENERGY_PRESETS: dict[str, dict[str, Any]] = {
 def density_level(level: LevelOfTheory) -> LevelOfTheory:
     """The level whose SAD prior and aux basis the density model uses.
 
-    Labels made with ``polarizability=False`` have their own hash, but the same density, prior
-    and aux basis as the full level: features are always built with the full level.
+    Labels made with ``polarizability=False`` (or ``forces=False``) have their own hash, but the
+    same density, prior and aux basis as the full level: features are always built with the
+    full level.
     """
-    if getattr(level, "polarizability", True):
-        return level
-    return level.model_copy(update={"polarizability": True})
+    return level.full()
 
 
 def _shell_index(irreps: o3.Irreps) -> tuple[torch.Tensor, int]:

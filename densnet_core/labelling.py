@@ -117,7 +117,8 @@ def label_conformer(
         A labels-table row: energy (Eh), forces (N, 3) Eh/bohr, dipole (3,) e·bohr about the
         centre of nuclear charge, polarizability (9,) bohr³ row-major (CPKS, symmetrised),
         density coefficients (M,) and response coefficients (3·M,) in PySCF aux-AO order
-        (polarizability and response None when ``level.polarizability`` is False),
+        (polarizability and response None when ``level.polarizability`` is False, forces
+        None when ``level.forces`` is False),
         fitting floor (%), SCF diagnostics, wall time, status and error.
     """
     out = _empty_label(row, level)
@@ -174,7 +175,8 @@ def _label_into(
         return
     mf = scf.mf
     out[K.ENERGY_HARTREE] = float(scf.energy_hartree)
-    out[K.FORCES_HARTREE_PER_BOHR] = qm.forces_hartree_per_bohr(mf).tolist()
+    if level.forces:
+        out[K.FORCES_HARTREE_PER_BOHR] = qm.forces_hartree_per_bohr(mf).tolist()
     origin = qm.centre_of_nuclear_charge_bohr(mol)
     dipole = qm.dipole_au(mf, origin_bohr=origin)
     out[K.DIPOLE_AU] = dipole.tolist()
@@ -218,11 +220,14 @@ def finished_label_keys(labels: Any, level: LevelOfTheory) -> set[str]:
     labels
         The labels DataFrame (``store.read_dataset(labels_dir, "labels")``).
     level
-        Only labels of this level of theory count.
+        Only labels of this level of theory count, or of a level that
+        :meth:`~densnet_core.level.LevelOfTheory.provides` everything it computes (a full
+        label makes a density-only one unnecessary).
     """
     if len(labels) == 0:
         return set()
-    same = labels[labels[K.LEVEL_HASH] == level.hash]
+    hashes = {v.hash for v in level.variants() if v.provides(level)}
+    same = labels[labels[K.LEVEL_HASH].isin(hashes)]
     final = same[same[K.STATUS] != K.STATUS_QM_FAILED]
     return {label_key(key, level) for key in final[K.CONFORMER_KEY]}
 

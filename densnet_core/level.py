@@ -42,6 +42,14 @@ class LevelOfTheory(BaseModel):
         False, so the default level's hash (and every existing label cache) is unchanged,
         while labels without a polarizability never count as finished labels of the full
         level (and vice versa).
+    forces
+        Compute the nuclear forces (True, the default). False skips them, for labels that
+        only train the density model (which needs the density and dipole, not forces).
+        Hashed like ``polarizability``: only when False.
+
+    A label at any of the four polarizability/forces variants of a level holds the same SCF
+    density, dipole and fitted coefficients (:meth:`full` names the level they share);
+    ``densnet train`` uses all of them, the polarizability terms only where there is one.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,17 +63,19 @@ class LevelOfTheory(BaseModel):
     max_cycle: int = Field(default=100, ge=1)
     fit_auxbasis: str = "def2-universal-jkfit"
     polarizability: bool = True
+    forces: bool = True
 
     @property
     def hash(self) -> str:
         """sha1[:16] of the settings (stable across runs and machines).
 
-        ``polarizability`` enters only when False: the hash of every level that computes it is
-        what it was before the field existed.
+        ``polarizability`` and ``forces`` enter only when False: the hash of every level that
+        computes them is what it was before the fields existed.
         """
         fields = self.model_dump()
-        if fields["polarizability"]:
-            del fields["polarizability"]
+        for optional in ("polarizability", "forces"):
+            if fields[optional]:
+                del fields[optional]
         payload = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha1(payload).hexdigest()[:16]
 
@@ -77,7 +87,28 @@ class LevelOfTheory(BaseModel):
         df = " DF" if self.density_fit else ""
         grid = "" if self.xc.lower() == "hf" else f" grid{self.grid_level}"
         alpha = "" if self.polarizability else " no-alpha"
-        return f"{xc}/{basis}{df}{grid} fit:{self.fit_auxbasis}{alpha}"
+        forces = "" if self.forces else " no-forces"
+        return f"{xc}/{basis}{df}{grid} fit:{self.fit_auxbasis}{alpha}{forces}"
+
+    def full(self) -> LevelOfTheory:
+        """This level with polarizability and forces: the level whose density the labels share."""
+        return self.model_copy(update={"polarizability": True, "forces": True})
+
+    def variants(self) -> list[LevelOfTheory]:
+        """The four levels (with or without polarizability, forces) of one density, full first."""
+        return [
+            self.model_copy(update={"polarizability": p, "forces": f})
+            for p in (True, False)
+            for f in (True, False)
+        ]
+
+    def provides(self, other: LevelOfTheory) -> bool:
+        """Whether a label at this level holds everything a label at ``other`` holds."""
+        return (
+            self.full() == other.full()
+            and (self.polarizability or not other.polarizability)
+            and (self.forces or not other.forces)
+        )
 
 
 DEFAULT_LEVEL = LevelOfTheory()

@@ -116,8 +116,9 @@ def make_batch(
     dict
         The keys of :func:`densnet_core.graph.collate`, plus ``target_density`` (M,),
         ``target_response`` (3, M), ``target_dipole`` (B, 3) e·bohr, ``target_alpha``
-        (B, 3, 3) bohr^3, ``metrics`` (list of B (M_b, M_b) tensors), ``coef_slices``
-        (list of B (start, stop) int pairs).
+        (B, 3, 3) bohr^3, ``has_alpha`` (B,) bool (False: a label without polarizability,
+        its response and alpha targets are zeros and the loss skips them), ``metrics`` (list
+        of B (M_b, M_b) tensors), ``coef_slices`` (list of B (start, stop) int pairs).
     """
     batch: dict[str, Any] = model.collate([s.inputs for s in samples], dtype=dtype, device=device)
 
@@ -125,9 +126,26 @@ def make_batch(
         return torch.as_tensor(x, dtype=dtype, device=device)
 
     batch["target_density"] = f(np.concatenate([s.density for s in samples]))
-    batch["target_response"] = f(np.concatenate([s.response for s in samples], axis=1))
+    # labels without a polarizability (density-only labels): zero targets, masked in the loss
+    batch["has_alpha"] = torch.as_tensor(
+        [s.polarizability_au is not None and s.response is not None for s in samples],
+        device=device,
+    )
+    batch["target_response"] = f(
+        np.concatenate(
+            [s.response if s.response is not None else np.zeros((3, s.n_coeffs)) for s in samples],
+            axis=1,
+        )
+    )
     batch["target_dipole"] = f(np.stack([s.dipole_au for s in samples]))
-    batch["target_alpha"] = f(np.stack([s.polarizability_au for s in samples]))
+    batch["target_alpha"] = f(
+        np.stack(
+            [
+                s.polarizability_au if s.polarizability_au is not None else np.zeros((3, 3))
+                for s in samples
+            ]
+        )
+    )
     batch["metrics"] = [torch.as_tensor(s.metric, device=device).to(dtype=dtype) for s in samples]
     slices, start = [], 0
     for s in samples:
@@ -197,14 +215,22 @@ def loss_terms(
     terms: dict[str, torch.Tensor] = {}
     delta = pred["density_coeffs"] - batch["target_density"]
     terms["density"] = (coulomb_norm2(delta, metrics, slices) / n_e).mean()
+    has_alpha = batch.get("has_alpha")
+    if has_alpha is None:
+        has_alpha = torch.ones_like(n_e, dtype=torch.bool)
+
+    def alpha_mean(x: torch.Tensor) -> torch.Tensor:
+        """Mean over the molecules with a polarizability label (0 if none)."""
+        return torch.where(has_alpha, x, torch.zeros_like(x)).sum() / has_alpha.sum().clamp(min=1)
+
     if "response_coeffs" in pred and (w["response"] != 0.0):
         d_r = pred["response_coeffs"] - batch["target_response"]
-        terms["response"] = (coulomb_norm2(d_r, metrics, slices).sum(0) / n_e).mean()
+        terms["response"] = alpha_mean(coulomb_norm2(d_r, metrics, slices).sum(0) / n_e)
     if w["dipole"] != 0.0:
         terms["dipole"] = (pred["dipole_au"] - batch["target_dipole"]).pow(2).sum(-1).mean()
     if w["polarizability"] != 0.0 and "polarizability_au" in pred:
         da = (pred["polarizability_au"] - batch["target_alpha"]).pow(2).sum((-1, -2))
-        terms["polarizability"] = (da / n_e.pow(2)).mean()
+        terms["polarizability"] = alpha_mean(da / n_e.pow(2))
     total = sum(w[k] * v for k, v in terms.items() if w[k] != 0.0)
     terms["total"] = total if isinstance(total, torch.Tensor) else delta.new_zeros(())
     return terms

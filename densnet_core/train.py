@@ -230,7 +230,7 @@ def infer_level(labels_dir: str | os.PathLike[str]) -> LevelOfTheory:
     ok = df[df[K.STATUS] == K.STATUS_OK] if not df.empty else df
     if ok.empty:
         raise NoUsableLabelsError(f"{labels_dir} holds no status='ok' labels ({len(df)} rows)")
-    if (ok[K.LEVEL_HASH] == DEFAULT_LEVEL.hash).any():
+    if ok[K.LEVEL_HASH].isin([v.hash for v in DEFAULT_LEVEL.variants()]).any():
         return DEFAULT_LEVEL
     found = ok.groupby([K.LEVEL_OF_THEORY, K.LEVEL_HASH]).size().to_dict()
     raise NoUsableLabelsError(
@@ -369,13 +369,14 @@ def evaluate(
             if "response_coeffs" in out:
                 d_r = out["response_coeffs"] - batch["target_response"]
                 r = coulomb_norm2(d_r, batch["metrics"], batch["coef_slices"]).sum(0) / n_e
+                r = torch.where(batch["has_alpha"], r, torch.full_like(r, float("nan")))
                 add(who, "response_coulomb", r.cpu().numpy())
             alpha = out.get("polarizability_au")
             errs = observable_errors(
                 out["dipole_au"].double().cpu().numpy(),
                 np.stack([s.dipole_au for s in chunk]),
                 None if alpha is None else alpha.double().cpu().numpy(),
-                np.stack([s.polarizability_au for s in chunk]),
+                _alpha_refs(chunk),
             )
             add(who, "dipole_mae_debye", errs["dipole_err_debye"])
             add(who, "alpha_iso_mae_au", errs["alpha_iso_abs"])
@@ -401,6 +402,12 @@ def evaluate(
         out[who] = {key: nan_mean(acc[who].get(key, [])) for key in METRIC_NAMES}
         out[who]["n_conformers"] = float(n)
     return out
+
+
+def _alpha_refs(samples: Sequence[Sample]) -> np.ndarray:
+    """(B, 3, 3) label polarizabilities, bohr^3; NaN for labels without one (skipped in means)."""
+    nan = np.full((3, 3), np.nan)
+    return np.stack([nan if s.polarizability_au is None else s.polarizability_au for s in samples])
 
 
 def _grid_nmae(
@@ -595,14 +602,20 @@ def train(
     say = status or (lambda msg: log.info("%s", msg))
     dev = resolve_device(device)
     out_dir = Path(out_dir)
-    level = level if level is not None else infer_level(labels_dir)
+    # the density (and the model) belong to the full level; its variants' labels all count
+    level = (level if level is not None else infer_level(labels_dir)).full()
     weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
     if set(weights) - set(DEFAULT_LOSS_WEIGHTS):
         raise KeyError(f"unknown loss terms {sorted(set(weights) - set(DEFAULT_LOSS_WEIGHTS))}")
 
-    rows = load_label_rows(labels_dir, level=level)
+    rows = load_label_rows(labels_dir, level=level, density_variants=True)
     data_hash = training_data_hash(rows)
-    say(f"{len(rows)} labelled conformers at {level.label}; computing Coulomb metrics")
+    partial = [h != level.hash for h in rows[K.LEVEL_HASH]]
+    say(
+        f"{len(rows)} labelled conformers at {level.label}"
+        + (f" ({sum(partial)} without polarizability or forces)" if any(partial) else "")
+        + "; computing Coulomb metrics"
+    )
     samples = make_samples(rows, level=level, metric_cache_dir=metric_cache_dir)
     mol_ids = [s.mol_id for s in samples]
     train_idx, val_idx = split_by_molecule(
@@ -863,6 +876,9 @@ def _card_base(
         "n_train_conformers": len({s.conformer_key for s in train_s}),
         "n_val_molecules": len({s.mol_id for s in val_s}),
         "n_val_conformers": len(val_s),
+        "n_train_conformers_without_alpha": len(
+            {s.conformer_key for s in train_s if s.polarizability_au is None}
+        ),
         "elements_in_data": _elements(samples),
         # what the model has seen: predict refuses other charges and multiplicities
         "charges_in_data": sorted({round(float(s.inputs.charge)) for s in samples}),

@@ -51,12 +51,18 @@ def conformer_rows(input_path: str, labels_dir: str, n_conformers: int) -> list[
 
 
 def write_level(labels_dir: str, level: LevelOfTheory) -> None:
-    """Record the level of theory of a label dataset (``level.json``), refusing a mismatch."""
+    """Record the level of theory of a label dataset (``level.json``), refusing a mismatch.
+
+    Variants of the recorded level with or without polarizability and forces
+    (:meth:`~densnet_core.level.LevelOfTheory.full` agrees) may share the folder: their labels
+    hold the same density, and every label row carries its own ``level_hash``. The file keeps
+    the level of the first run.
+    """
     path = Path(labels_dir) / LEVEL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         existing = LevelOfTheory(**json.loads(path.read_text()))
-        if existing != level:
+        if existing.full() != level.full():
             raise ValueError(
                 f"{labels_dir} holds labels at {existing.label}; asked for {level.label}. "
                 "Use another folder for another level of theory."

@@ -54,6 +54,15 @@ def label(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Conformers per Prefect task.")] = 4,
     max_memory_mb: Annotated[int, typer.Option(min=200, help="PySCF memory, MB.")] = 4000,
+    density_only: Annotated[
+        bool,
+        typer.Option(
+            "--density-only",
+            help="Skip the polarizability (CPKS) and the forces, ~1/3 of a label's cost: the "
+            "density, dipole and energy only. densnet train uses such labels for everything "
+            "but the polarizability terms.",
+        ),
+    ] = False,
 ) -> None:
     """Label conformers with PySCF: energy, forces, dipole, polarizability, fitted densities.
 
@@ -64,6 +73,8 @@ def label(
     if not input_path.exists():
         raise fail(f"input {input_path} does not exist")
     lot = _level(level)
+    if density_only:
+        lot = lot.model_copy(update={"polarizability": False, "forces": False})
 
     from densnet.prefect_env import configure_for_cli, start_server_early
 
