@@ -159,7 +159,9 @@ def _load(labels_dir: Path, level: LevelOfTheory) -> tuple[pd.DataFrame | None, 
     key = (str(Path(labels_dir).resolve()), level.hash)
     if key not in _LOADED:
         try:
-            _LOADED[key] = load_label_rows(labels_dir, level=level), ""
+            # density-only labels count for the density and dipole (alpha: NaN, left out)
+            rows = load_label_rows(labels_dir, level=level, density_variants=True)
+            _LOADED[key] = rows, ""
         except NoUsableLabelsError as exc:
             _LOADED[key] = None, str(exc)
     return _LOADED[key]
@@ -406,7 +408,9 @@ def evaluate_set(
             "conformer_key": s.conformer_key,
             "n_atoms": len(s.inputs.numbers),
             "dipole_ref_au": s.dipole_au.tolist(),
-            "alpha_ref_au": s.polarizability_au.reshape(9).tolist(),
+            "alpha_ref_au": [math.nan] * 9
+            if s.polarizability_au is None
+            else s.polarizability_au.reshape(9).tolist(),
             "model_dipole_au": p.model_dipole_au.tolist(),
             "prior_dipole_au": p.prior_dipole_au.tolist(),
             "model_alpha_au": None

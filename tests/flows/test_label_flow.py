@@ -202,3 +202,39 @@ def test_densnet_label_on_an_sdf_matches_independent_pyscf(tmp_path):
         ) / (2 * f)
     iso_label = np.trace(np.asarray(lab[K.POLARIZABILITY_AU]).reshape(3, 3)) / 3
     assert iso_label == pytest.approx(np.trace(alpha) / 3, rel=0.005)
+
+
+@pytest.mark.slow
+def test_cli_density_only_labels_share_the_store_with_full_ones(tmp_path):
+    """``densnet label --density-only``: no forces or polarizability; a later full run labels
+    those conformers again, and a density-only rerun skips what a full label already holds."""
+    smi = tmp_path / "two.smi"
+    smi.write_text("O water\nN ammonia\n")
+    labels_dir = tmp_path / "labels"
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.pop("PREFECT_API_URL", None)
+    level = json.dumps({"xc": "hf", "basis": "sto-3g"})
+
+    def run(*extra: str) -> str:
+        cmd = [sys.executable, "-m", "densnet", "label", str(smi), "-o", str(labels_dir)]
+        done = subprocess.run(
+            [*cmd, "--level", level, *extra], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert "2 labelled now" in run("--density-only")
+    first = _labels(labels_dir)
+    d_only = LevelOfTheory(xc="hf", basis="sto-3g", polarizability=False, forces=False)
+    assert set(first[K.LEVEL_HASH]) == {d_only.hash}
+    assert first[K.FORCES_HARTREE_PER_BOHR].isna().all()
+    assert first[K.POLARIZABILITY_AU].isna().all() and first[K.RESPONSE_COEFFS].isna().all()
+    assert first[K.DIPOLE_AU].map(len).eq(3).all()
+
+    assert "2 labelled now" in run()  # the full level needs forces and polarizabilities
+    assert "2 already done" in run("--density-only")
+    full = LevelOfTheory(xc="hf", basis="sto-3g")
+    every = store.read_dataset(labels_dir, "labels")
+    assert sorted(every[K.LEVEL_HASH]) == sorted([d_only.hash] * 2 + [full.hash] * 2)
+    level_file = json.loads((labels_dir / "level.json").read_text())
+    assert LevelOfTheory(**level_file).full() == full
