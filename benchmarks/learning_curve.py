@@ -116,6 +116,16 @@ def _point(card: dict[str, Any], fraction: float, model_dir: Path) -> dict[str, 
     }
 
 
+def finished(model_dir: Path, epochs: int) -> bool:
+    """Whether a training folder holds a model whose run reached ``epochs``."""
+    from densnet_core.train import load_checkpoint
+
+    if not (model_dir / "model_card.json").is_file():
+        return False
+    ck = load_checkpoint(model_dir)
+    return ck is not None and int(ck["epoch"]) >= epochs
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from densnet_core.train import train
 
@@ -128,6 +138,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         store = subset_store(labels, work / f"labels-{f:g}", set(ids) | set(val_ids))
         out = work / f"model-{f:g}"
         print(f"fraction {f:g}: {len(ids)} training molecules -> {out}", flush=True)
+        if finished(out, args.epochs):
+            points.append(_point(json.loads((out / "model_card.json").read_text()), f, out))
+            continue
         train(
             store,
             out,

@@ -57,14 +57,18 @@ def test_learning_curve_on_tiny_labels(tmp_path):
     assert subset_store(labels, tmp_path / "sub", set()) == sub
 
     out = tmp_path / "lc.json"
-    main(
-        [
-            "--model", str(ref), "--labels", str(labels), "--work", str(tmp_path / "work"),
-            "--fractions", "0.5", "--preset", "small", "--epochs", "2", "--batch-size", "4",
-            "--lr", "3e-3", "--json", str(out),
-        ]
-    )  # fmt: skip
+    args = [
+        "--model", str(ref), "--labels", str(labels), "--work", str(tmp_path / "work"),
+        "--fractions", "0.5", "--preset", "small", "--epochs", "2", "--batch-size", "4",
+        "--lr", "3e-3",
+    ]  # fmt: skip
+    main([*args, "--json", str(out)])
     result = json.loads(out.read_text())
+    card_file = tmp_path / "work" / "model-0.5" / "model_card.json"
+    stamp = card_file.stat().st_mtime_ns
+    main([*args, "--json", str(tmp_path / "again.json")])  # a finished run is reused as it is
+    assert card_file.stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "again.json").read_text())["points"] == result["points"]
     points = result["points"]
     assert [p["fraction"] for p in points] == [0.5, 1.0]
     assert [p["n_train_molecules"] for p in points] == [2, 3]
