@@ -204,7 +204,11 @@ def loss_terms(
     Returns
     -------
     dict
-        ``total`` (scalar tensor with gradient) and every computed term (unweighted).
+        ``total`` (scalar tensor with gradient) and every computed term (unweighted). The
+        response and polarizability terms are means over the molecules with a polarizability
+        label (``batch["has_alpha"]``), so in a batch mixing full and density-only labels each
+        full label weighs more in those terms than in an all-full batch (by design: the terms
+        keep their scale whatever the mix).
     """
     w = {**DEFAULT_LOSS_WEIGHTS, **(weights or {})}
     unknown = set(w) - set(DEFAULT_LOSS_WEIGHTS)
