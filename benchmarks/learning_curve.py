@@ -138,22 +138,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         store = subset_store(labels, work / f"labels-{f:g}", set(ids) | set(val_ids))
         out = work / f"model-{f:g}"
         print(f"fraction {f:g}: {len(ids)} training molecules -> {out}", flush=True)
-        if finished(out, args.epochs):
-            points.append(_point(json.loads((out / "model_card.json").read_text()), f, out))
-            continue
-        train(
-            store,
-            out,
-            preset=args.preset,
-            epochs=args.epochs,
-            patience=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            validation_mol_ids=val_ids,
-            metric_cache_dir=work / "metric-cache",
-            progress=(lambda r: print(r, flush=True)) if args.verbose else None,
-        )
+        if not finished(out, args.epochs):
+            train(
+                store,
+                out,
+                preset=args.preset,
+                epochs=args.epochs,
+                patience=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                validation_mol_ids=val_ids,
+                metric_cache_dir=work / "metric-cache",
+                progress=(lambda r: print(r, flush=True)) if args.verbose else None,
+            )
         points.append(_point(json.loads((out / "model_card.json").read_text()), f, out))
     points.append(_point(card, 1.0, ref_dir))
     n = [p["n_train_molecules"] for p in points]

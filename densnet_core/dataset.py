@@ -155,7 +155,7 @@ def load_label_rows(
     if df.empty:
         raise NoUsableLabelsError(f"{labels_dir} holds no label part files")
     ok = df[df[K.STATUS] == K.STATUS_OK]
-    levels = [v for v in level.variants() if density_variants or v.provides(level)]
+    levels = level.variants() if density_variants else level.providers()
     # rank of a row's level: the more it holds, the higher (dedup keeps the highest rank)
     rank = {v.hash: int(v.polarizability) * 2 + int(v.forces) for v in levels}
     mine = ok[ok[K.LEVEL_HASH].isin(list(rank)) & (ok[K.AUX_BASIS] == level.fit_auxbasis)]
@@ -274,10 +274,11 @@ def make_samples(
         m = inputs.charge_ints.shape[0]
         dens = np.asarray(r[K.DENSITY_COEFFS], dtype=np.float64)
         has_alpha = _present(r[K.RESPONSE_COEFFS]) and _present(r[K.POLARIZABILITY_AU])
-        resp = np.asarray(r[K.RESPONSE_COEFFS] if has_alpha else [0.0] * 3 * m, np.float64)
-        if dens.shape != (m,) or resp.shape != (3 * m,):
+        resp = np.asarray(r[K.RESPONSE_COEFFS], np.float64) if has_alpha else None
+        if dens.shape != (m,) or (resp is not None and resp.shape != (3 * m,)):
+            n_resp = "no" if resp is None else resp.shape[0]
             raise ValueError(
-                f"label {r[K.CONFORMER_KEY]}: {dens.shape[0]} density / {resp.shape[0]} "
+                f"label {r[K.CONFORMER_KEY]}: {dens.shape[0]} density / {n_resp} "
                 f"response coefficients, expected {m} / {3 * m} for {aux}"
             )
         alpha = (
@@ -292,7 +293,7 @@ def make_samples(
                 name=str(r[K.NAME]),
                 inputs=inputs,
                 density=to_e3nn(dens, numbers, aux),
-                response=to_e3nn(resp.reshape(3, m), numbers, aux) if has_alpha else None,
+                response=None if resp is None else to_e3nn(resp.reshape(3, m), numbers, aux),
                 dipole_au=np.asarray(r[K.DIPOLE_AU], dtype=np.float64).reshape(3),
                 polarizability_au=alpha,
                 metric=_metric(numbers, pos, charge, mult, aux, str(r[K.CONFORMER_KEY]), cache),

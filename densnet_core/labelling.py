@@ -226,7 +226,7 @@ def finished_label_keys(labels: Any, level: LevelOfTheory) -> set[str]:
     """
     if len(labels) == 0:
         return set()
-    hashes = {v.hash for v in level.variants() if v.provides(level)}
+    hashes = {v.hash for v in level.providers()}
     same = labels[labels[K.LEVEL_HASH].isin(hashes)]
     final = same[same[K.STATUS] != K.STATUS_QM_FAILED]
     return {label_key(key, level) for key in final[K.CONFORMER_KEY]}

@@ -102,6 +102,10 @@ class LevelOfTheory(BaseModel):
             for f in (True, False)
         ]
 
+    def providers(self) -> list[LevelOfTheory]:
+        """The variants whose labels hold everything a label at this level holds (itself too)."""
+        return [v for v in self.variants() if v.provides(self)]
+
     def provides(self, other: LevelOfTheory) -> bool:
         """Whether a label at this level holds everything a label at ``other`` holds."""
         return (

@@ -44,6 +44,7 @@ def test_provides_is_the_label_superset_relation():
     assert no_alpha.provides(d_only) and not d_only.provides(no_alpha)
     assert not DEFAULT_LEVEL.provides(d_only)  # another functional and basis
     assert d_only.full() == full
+    assert full.providers() == [full] and set(d_only.providers()) == set(full.variants())
 
 
 @pytest.fixture(scope="module")
