@@ -268,8 +268,24 @@ def _check_metadata(schema: pa.Schema, table: str | None, where: Path) -> None:
         )
 
 
+def inferred_table(schema: pa.Schema) -> str | None:
+    """The table a Parquet schema without densnet metadata holds, judged by its columns.
+
+    A file written by pandas (``df.to_parquet``), e.g. a conformers table filtered in a
+    notebook, loses the ``table`` and ``schema_version`` metadata. It is taken for the table
+    whose declared columns it all has (the one with most columns if several match: a labels
+    table also has every conformers column). None if no table's columns are all there.
+    """
+    names = set(schema.names)
+    matches = [t for t, s in SCHEMAS.items() if set(s.names) - set(DEFAULTS.get(t, {})) <= names]
+    return max(matches, key=lambda t: len(SCHEMAS[t].names)) if matches else None
+
+
 def read_table(path: str | os.PathLike[str], table: str | None = None) -> pd.DataFrame:
     """Read a table written by :func:`write_table` (or a dataset folder of parts).
+
+    A Parquet file without densnet's metadata is read when its columns are those of a table
+    (:func:`inferred_table`), converted to that table's declared types.
 
     Parameters
     ----------
@@ -282,18 +298,28 @@ def read_table(path: str | os.PathLike[str], table: str | None = None) -> pd.Dat
     if path.is_dir():
         return read_dataset(path, table)
     tbl = pq.read_table(path)
+    meta = tbl.schema.metadata or {}
+    guess = inferred_table(tbl.schema) if b"table" not in meta else None
+    if guess is not None:
+        if table not in (None, guess):
+            raise SchemaError(
+                f"{path}: is a {guess!r} table (judged by its columns), not {table!r}"
+            )
+        df = from_arrow(tbl).reset_index(drop=True)
+        return frame(df.drop(columns=[c for c in df.columns if str(c).startswith("__")]), guess)
     _check_metadata(tbl.schema, table, path)
     return from_arrow(tbl)
 
 
 def table_name(path: str | os.PathLike[str]) -> str | None:
-    """The ``table`` metadata of a Parquet file, or None if it is not one of ours."""
+    """The ``table`` of a Parquet file: its metadata, else :func:`inferred_table`; None if
+    it is not a table of ours."""
     try:
-        meta = pq.read_schema(path).metadata or {}
+        schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid):
         return None
-    name = meta.get(b"table")
-    return name.decode() if name else None
+    name = (schema.metadata or {}).get(b"table")
+    return name.decode() if name else inferred_table(schema)
 
 
 def append_part(

@@ -447,3 +447,25 @@ def test_etkdg_params_skip_macrocycle_terms_only_without_large_rings() -> None:
         assert params.useMacrocycleTorsions and params.useMacrocycle14config
         params = etkdg_v3_params(Chem.MolFromSmiles(smiles, sanitize=False), 7)
         assert params.useMacrocycleTorsions and params.useMacrocycle14config
+
+
+def test_conformers_table_filtered_in_pandas_is_still_an_input(tmp_path: Path) -> None:
+    """A conformers table subset with pandas (which drops densnet's Parquet metadata) is
+    recognised, read back with the declared types, and accepted as input."""
+    rows = process_records([rec(s, i, f"m{i}") for i, s in enumerate(["CCO", "c1ccncc1", "CC#N"])])
+    full = store.write_table(rows, tmp_path / "all.parquet", "conformers")
+    subset = store.read_table(full, "conformers").iloc[[0, 2]]  # index 0, 2: not a range
+    plain = tmp_path / "subset.parquet"
+    subset.to_parquet(plain)
+    assert store.table_name(plain) == "conformers"
+    back = store.read_table(plain, "conformers")
+    assert (
+        list(back.columns[: len(store.SCHEMAS["conformers"])]) == store.SCHEMAS["conformers"].names
+    )
+    assert back[K.NAME].tolist() == ["m0", "m2"]
+    np.testing.assert_array_equal(
+        np.stack(back[K.POSITIONS_ANGSTROM].iloc[1]), np.stack(rows[2][K.POSITIONS_ANGSTROM])
+    )
+    assert [r.name for r in read_records(plain)] == ["m0", "m2"]
+    with pytest.raises(store.SchemaError, match="not 'labels'"):
+        store.read_table(plain, "labels")
