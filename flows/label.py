@@ -29,6 +29,7 @@ from densnet_core import keys as K
 from densnet_core import store
 from densnet_core.labelling import conformer_key_of, finished_label_keys, row_label_key
 from densnet_core.level import LevelOfTheory
+from densnet_core.settings import get_settings
 from flows.conformers import conformers_flow
 from flows.runners import threads_per_worker
 from tasks.label import label_batch
@@ -82,7 +83,8 @@ def label_flow(
     workers: int = 1,
     dask_address: str | None = None,
     batch_size: int = 4,
-    max_memory_mb: int = 4000,
+    max_memory_mb: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Label every conformer of ``input_path`` into the label dataset ``labels_dir``.
 
@@ -105,7 +107,11 @@ def label_flow(
     batch_size
         Conformers per task.
     max_memory_mb
-        PySCF memory per calculation, MB.
+        PySCF memory per calculation, MB (None: the ``DENSNET_PYSCF_MAX_MEMORY_MB`` setting,
+        4000 by default).
+    threads
+        OpenMP threads per PySCF calculation (None: ``DENSNET_PYSCF_THREADS`` if set, else the
+        cores shared out over ``workers``; see :func:`flows.runners.threads_per_worker`).
 
     Returns
     -------
@@ -128,7 +134,8 @@ def label_flow(
         len(todo),
         level.label,
     )
-    threads = threads_per_worker(workers, dask_address)
+    threads = threads_per_worker(workers, dask_address, threads)
+    max_memory_mb = max_memory_mb or get_settings().pyscf_max_memory_mb
     progress_id = create_progress_artifact(
         progress=0.0 if todo else 100.0, key="label-progress", description="labels computed (%)"
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from densnet_core.settings import available_cores
+from densnet_core.settings import available_cores, get_settings
 
 
 def task_runner(*, workers: int = 1, dask_address: str | None = None) -> Any:
@@ -37,8 +37,19 @@ def task_runner(*, workers: int = 1, dask_address: str | None = None) -> Any:
     return ThreadPoolTaskRunner(max_workers=1)
 
 
-def threads_per_worker(workers: int, dask_address: str | None = None) -> int | None:
-    """OpenMP threads for each task: the cores shared out locally, the worker's own on Dask."""
+def threads_per_worker(
+    workers: int, dask_address: str | None = None, threads: int | None = None
+) -> int | None:
+    """OpenMP threads for each PySCF task.
+
+    ``threads`` if given, else the ``DENSNET_PYSCF_THREADS`` setting if set (> 0), else the
+    local cores shared out over ``workers`` (None on Dask: each worker uses its own cores).
+    """
+    if threads:
+        return int(threads)
+    configured = get_settings().pyscf_threads
+    if configured:
+        return configured
     if dask_address:
         return None  # each Dask worker machine uses its own cores
     return max(1, available_cores() // max(1, workers))

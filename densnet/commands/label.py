@@ -53,7 +53,21 @@ def label(
         typer.Option(help="Scheduler address of an existing Dask cluster, e.g. tcp://host:8786."),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Conformers per Prefect task.")] = 4,
-    max_memory_mb: Annotated[int, typer.Option(min=200, help="PySCF memory, MB.")] = 4000,
+    max_memory_mb: Annotated[
+        int | None,
+        typer.Option(
+            min=200,
+            help="PySCF memory per calculation, MB (default: DENSNET_PYSCF_MAX_MEMORY_MB or 4000).",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="OpenMP threads per PySCF calculation (default: DENSNET_PYSCF_THREADS, or the "
+            "cores shared out over --workers). Use 1 for labelling runs that share the machine.",
+        ),
+    ] = None,
     density_only: Annotated[
         bool,
         typer.Option(
@@ -98,6 +112,7 @@ def label(
             dask_address=dask_address,
             batch_size=batch_size,
             max_memory_mb=max_memory_mb,
+            threads=threads,
         )
     except Exception as exc:
         raise fail(f"the label run failed: {type(exc).__name__}: {exc}", code=1) from None

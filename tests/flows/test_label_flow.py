@@ -223,7 +223,7 @@ def test_cli_density_only_labels_share_the_store_with_full_ones(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    assert "2 labelled now" in run("--density-only")
+    assert "2 labelled now" in run("--density-only", "--threads", "1", "--max-memory-mb", "500")
     first = _labels(labels_dir)
     d_only = LevelOfTheory(xc="hf", basis="sto-3g", polarizability=False, forces=False)
     assert set(first[K.LEVEL_HASH]) == {d_only.hash}
@@ -238,3 +238,25 @@ def test_cli_density_only_labels_share_the_store_with_full_ones(tmp_path):
     assert sorted(every[K.LEVEL_HASH]) == sorted([d_only.hash] * 2 + [full.hash] * 2)
     level_file = json.loads((labels_dir / "level.json").read_text())
     assert LevelOfTheory(**level_file).full() == full
+
+
+def test_pyscf_threads_come_from_the_option_then_the_setting_then_the_cores(monkeypatch):
+    """``--threads`` wins over ``DENSNET_PYSCF_THREADS``, which wins over cores / workers."""
+    from densnet_core.settings import available_cores, get_settings
+    from flows.runners import threads_per_worker
+
+    monkeypatch.delenv("DENSNET_PYSCF_THREADS", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert threads_per_worker(1) == available_cores()
+        assert threads_per_worker(2 * available_cores()) == 1
+        assert threads_per_worker(1, "tcp://somewhere:8786") is None
+        assert threads_per_worker(1, threads=3) == 3
+        monkeypatch.setenv("DENSNET_PYSCF_THREADS", "5")
+        get_settings.cache_clear()
+        assert threads_per_worker(1) == 5
+        assert threads_per_worker(1, "tcp://somewhere:8786") == 5
+        assert threads_per_worker(1, threads=2) == 2
+    finally:
+        monkeypatch.delenv("DENSNET_PYSCF_THREADS", raising=False)
+        get_settings.cache_clear()
