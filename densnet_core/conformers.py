@@ -679,8 +679,8 @@ def _from_molblock(
             row[INPUT_NOTE], f"added {n_implicit} hydrogens with computed coordinates"
         )
     energy = math.nan
-    if rdForceFieldHelpers.MMFFHasAllMoleculeParams(mol):
-        props = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol)
+    props = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol)  # None: no MMFF94 parameters
+    if props is not None:
         ff = rdForceFieldHelpers.MMFFGetMoleculeForceField(mol, props)
         energy = float(ff.CalcEnergy())
         row[INPUT_NOTE] = _join_notes(
