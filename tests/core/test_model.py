@@ -757,3 +757,20 @@ def test_config_says_when_a_preset_was_overridden():
     other = DensityModel.from_preset("small", irreps_by_element=irreps, n_layers=3)
     assert same.config["preset"] == "small"
     assert other.config["preset"] == "small+custom" and other.config["n_layers"] == 3
+
+
+def test_memoised_gate_moments_equal_e3nn_own_and_the_patch_is_undone() -> None:
+    """The model build memoises e3nn's activation moments; the constants are e3nn's own."""
+    from e3nn.math import _normalize_activation, normalize2mom
+
+    from densnet_core.model import _fast_e3nn_build
+
+    acts = (torch.sigmoid, torch.nn.functional.silu, torch.tanh, torch.abs)
+    original = _normalize_activation.moment
+    plain = [normalize2mom(f).cst for f in acts]
+    with _fast_e3nn_build():
+        assert _normalize_activation.moment is not original
+        first = [normalize2mom(f).cst for f in acts]
+        again = [normalize2mom(f).cst for f in acts]
+    assert _normalize_activation.moment is original
+    assert first == plain and again == plain
