@@ -173,7 +173,8 @@ def test_scf_fallback_chain_is_exercised(xc, max_cycle, strategy, water_b3lyp):
     plain = water_b3lyp if xc == "b3lyp" else _scf(_mol(WATER, HF), HF)
     assert plain.strategy == "diis" and plain.cycles > max_cycle
     level = LevelOfTheory(xc=xc, max_cycle=max_cycle)
-    res = qm.run_scf(_mol(WATER, level), level, threads=THREADS)
+    # from minao: the pre-converged density would let plain DIIS converge within max_cycle
+    res = qm.run_scf(_mol(WATER, level), level, threads=THREADS, preconverge=False)
     assert res.converged, res.attempts
     assert res.strategy == strategy, res.attempts
     assert res.attempts[0].startswith("diis: not converged")
@@ -183,6 +184,29 @@ def test_scf_fallback_chain_is_exercised(xc, max_cycle, strategy, water_b3lyp):
     # a plain object, really converged
     assert type(res.mf) is type(plain.mf)
     assert _orbital_gradient_norm(res.mf) < 1e-4
+
+
+def test_coarse_grid_preconvergence_gives_the_levels_own_scf(water_b3lyp):
+    """The default SCF starts from a grid-1 density and ends at the level's grid and tolerance:
+    the same energy and dipole as DIIS from PySCF's minao guess, in fewer level-grid cycles."""
+    mol = _mol(FORMALDEHYDE)
+    pre = qm.run_scf(mol, DEFAULT, threads=THREADS)
+    plain = qm.run_scf(mol, DEFAULT, threads=THREADS, preconverge=False)
+    assert pre.converged and plain.converged and pre.strategy == plain.strategy == "diis"
+    assert pre.attempts[0].startswith(f"grid{qm.PRECONVERGE_GRID_LEVEL} pre-convergence: converged")
+    assert plain.attempts[0].startswith("diis: converged")
+    assert pre.mf.grids.level == DEFAULT.grid_level and pre.mf.conv_tol == DEFAULT.conv_tol
+    assert abs(pre.energy_hartree - plain.energy_hartree) < 1e-8
+    origin = qm.centre_of_nuclear_charge_bohr(mol)
+    mu_pre = qm.dipole_au(pre.mf, origin_bohr=origin)
+    mu_plain = qm.dipole_au(plain.mf, origin_bohr=origin)
+    np.testing.assert_allclose(mu_pre, mu_plain, atol=5e-5)
+    level_grid_cycles = int(pre.attempts[1].split("after ")[1].split()[0])
+    assert level_grid_cycles < plain.cycles
+    # Hartree-Fock has no grid: no pre-convergence pass
+    hf = qm.run_scf(_mol(WATER, HF), HF, threads=THREADS)
+    assert hf.attempts[0].startswith("diis: converged")
+    assert water_b3lyp.attempts[0].startswith("grid1 pre-convergence")
 
 
 def test_scf_not_converged_is_flagged():
