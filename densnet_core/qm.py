@@ -247,15 +247,20 @@ def _describe(name: str, mf: Any, n: int) -> str:
     return f"{name}: {state} after {n} cycles (E = {mf.e_tot:.10f} Eh)"
 
 
-def _preconverged_dm(mol: gto.Mole, level: LevelOfTheory) -> tuple[np.ndarray | None, int, str]:
+def _preconverged_dm(
+    mol: gto.Mole, level: LevelOfTheory
+) -> tuple[np.ndarray | None, Any, int, str]:
     """A start density from DIIS on a coarse grid to a loose tolerance.
 
-    Returns (density matrix or None, cycles, description). None (PySCF's minao guess is used
-    instead) for Hartree-Fock, for levels whose own grid is no finer, and when the coarse pass
-    does not converge within :data:`PRECONVERGE_MAX_CYCLE` cycles.
+    Returns (density matrix or None, the pass's density-fitting object or None, cycles,
+    description). No density (PySCF's minao guess is used instead) for Hartree-Fock, for levels
+    whose own grid is no finer, and when the coarse pass does not converge within
+    :data:`PRECONVERGE_MAX_CYCLE` cycles. The density-fitting object (same molecule and aux
+    basis; the grid does not enter it) saves the SCF that follows building its 3-centre
+    integrals again.
     """
     if _is_hf(level) or level.grid_level <= PRECONVERGE_GRID_LEVEL:
-        return None, 0, ""
+        return None, None, 0, ""
     coarse = level.model_copy(
         update={
             "grid_level": PRECONVERGE_GRID_LEVEL,
@@ -266,9 +271,10 @@ def _preconverged_dm(mol: gto.Mole, level: LevelOfTheory) -> tuple[np.ndarray | 
     mf = make_mf(mol, coarse)
     n = _run(mf, None)
     note = _describe(f"grid{PRECONVERGE_GRID_LEVEL} pre-convergence", mf, n)
+    with_df = getattr(mf, "with_df", None)
     if not mf.converged or not np.isfinite(mf.e_tot):
-        return None, n, note
-    return np.asarray(mf.make_rdm1()), n, note
+        return None, with_df, n, note
+    return np.asarray(mf.make_rdm1()), with_df, n, note
 
 
 def run_scf(
@@ -332,13 +338,15 @@ def run_scf(
 
     with pyscf_threads(threads):
         # 1. plain DIIS (from a coarse-grid density)
-        dm0 = None
+        dm0 = with_df = None
         if preconverge:
-            dm0, n, note = _preconverged_dm(mol, level)
+            dm0, with_df, n, note = _preconverged_dm(mol, level)
             total += n
             if note:
                 attempts.append(note)
         mf = make_mf(mol, level)
+        if with_df is not None and level.density_fit:
+            mf.with_df = with_df
         n = _run(mf, dm0)
         total += n
         attempts.append(_describe("diis", mf, n))
