@@ -159,6 +159,8 @@ def _as_plain(value: Any) -> Any:
 #: e3nn's activation moments <f(z)^n> (z ~ N(0, 1), one million fixed-seed samples), by
 #: (function, n, dtype, device); see :func:`_cached_moment`
 _MOMENTS: dict[tuple[Any, int, Any, str], torch.Tensor] = {}
+#: e3nn's own ``moment`` (restored after every build)
+_E3NN_MOMENT = _normalize_activation.moment
 
 
 def _cached_moment(f: Any, n: int, dtype: Any = None, device: Any = None) -> torch.Tensor:
@@ -175,9 +177,6 @@ def _cached_moment(f: Any, n: int, dtype: Any = None, device: Any = None) -> tor
     if key not in _MOMENTS:
         _MOMENTS[key] = _E3NN_MOMENT(f, n, dtype=dtype, device=device)
     return _MOMENTS[key]
-
-
-_E3NN_MOMENT = _normalize_activation.moment
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,11 +202,14 @@ def _is_hf(level: LevelOfTheory) -> bool:
     return level.xc.strip().lower() in ("hf", "rhf", "uhf")
 
 
-def make_mf(mol: gto.Mole, level: LevelOfTheory) -> Any:
+def make_mf(mol: gto.Mole, level: LevelOfTheory, *, with_df: Any = None) -> Any:
     """A fresh, un-run mean-field object for ``level`` (no fallback settings).
 
     Restricted for closed shells (``mol.spin == 0``), unrestricted otherwise; density fitting
     with ``level.scf_auxbasis`` when ``level.density_fit``; DFT grid ``level.grid_level``.
+    ``with_df``: a density-fitting object of an earlier mean-field object of the same molecule
+    and aux basis, reused instead of building the 3-centre integrals again (the grid, tolerance
+    and cycle cap do not enter it); ignored without ``level.density_fit``.
     """
     closed = mol.spin == 0
     if _is_hf(level):
@@ -216,6 +219,8 @@ def make_mf(mol: gto.Mole, level: LevelOfTheory) -> Any:
         mf.grids.level = level.grid_level
     if level.density_fit:
         mf = mf.density_fit(auxbasis=level.scf_auxbasis)
+        if with_df is not None:
+            mf.with_df = with_df
     mf.conv_tol = level.conv_tol
     mf.max_cycle = level.max_cycle
     mf.verbose = mol.verbose
@@ -248,19 +253,17 @@ def _describe(name: str, mf: Any, n: int) -> str:
 
 
 def _preconverged_dm(
-    mol: gto.Mole, level: LevelOfTheory
-) -> tuple[np.ndarray | None, Any, int, str]:
+    level: LevelOfTheory, new_mf: Callable[[LevelOfTheory], Any]
+) -> tuple[np.ndarray | None, int, str]:
     """A start density from DIIS on a coarse grid to a loose tolerance.
 
-    Returns (density matrix or None, the pass's density-fitting object or None, cycles,
+    ``new_mf(level)`` makes the mean-field object. Returns (density matrix or None, cycles,
     description). No density (PySCF's minao guess is used instead) for Hartree-Fock, for levels
     whose own grid is no finer, and when the coarse pass does not converge within
-    :data:`PRECONVERGE_MAX_CYCLE` cycles. The density-fitting object (same molecule and aux
-    basis; the grid does not enter it) saves the SCF that follows building its 3-centre
-    integrals again.
+    :data:`PRECONVERGE_MAX_CYCLE` cycles.
     """
     if _is_hf(level) or level.grid_level <= PRECONVERGE_GRID_LEVEL:
-        return None, None, 0, ""
+        return None, 0, ""
     coarse = level.model_copy(
         update={
             "grid_level": PRECONVERGE_GRID_LEVEL,
@@ -268,13 +271,12 @@ def _preconverged_dm(
             "max_cycle": min(level.max_cycle, PRECONVERGE_MAX_CYCLE),
         }
     )
-    mf = make_mf(mol, coarse)
+    mf = new_mf(coarse)
     n = _run(mf, None)
     note = _describe(f"grid{PRECONVERGE_GRID_LEVEL} pre-convergence", mf, n)
-    with_df = getattr(mf, "with_df", None)
     if not mf.converged or not np.isfinite(mf.e_tot):
-        return None, with_df, n, note
-    return np.asarray(mf.make_rdm1()), with_df, n, note
+        return None, n, note
+    return np.asarray(mf.make_rdm1()), n, note
 
 
 def run_scf(
@@ -336,17 +338,23 @@ def run_scf(
         log.debug("SCF %s: %s", strategy, "; ".join(attempts))
         return res
 
+    shared_df: Any = None  # every pass reuses the first one's density-fitting integrals
+
+    def new_mf(lv: LevelOfTheory = level) -> Any:
+        nonlocal shared_df
+        mf = make_mf(mol, lv, with_df=shared_df)
+        shared_df = getattr(mf, "with_df", None)
+        return mf
+
     with pyscf_threads(threads):
         # 1. plain DIIS (from a coarse-grid density)
-        dm0 = with_df = None
+        dm0 = None
         if preconverge:
-            dm0, with_df, n, note = _preconverged_dm(mol, level)
+            dm0, n, note = _preconverged_dm(level, new_mf)
             total += n
             if note:
                 attempts.append(note)
-        mf = make_mf(mol, level)
-        if with_df is not None and level.density_fit:
-            mf.with_df = with_df
+        mf = new_mf()
         n = _run(mf, dm0)
         total += n
         attempts.append(_describe("diis", mf, n))
@@ -355,7 +363,7 @@ def run_scf(
             return done(mf, "diis")
 
         # 2. damping + level shift, then a plain pass without them
-        mf = make_mf(mol, level)
+        mf = new_mf()
         mf.damp = FALLBACK_DAMP
         mf.diis_start_cycle = FALLBACK_DIIS_START_CYCLE
         mf.level_shift = FALLBACK_LEVEL_SHIFT_HARTREE
@@ -364,7 +372,7 @@ def run_scf(
         attempts.append(_describe("level_shift", mf, n))
         keep(mf)
         if mf.converged:
-            mf2 = make_mf(mol, level)
+            mf2 = new_mf()
             n = _run(mf2, mf.make_rdm1())
             total += n
             attempts.append(_describe("level_shift/unshifted", mf2, n))
@@ -373,13 +381,13 @@ def run_scf(
                 return done(mf2, "level_shift")
 
         # 3. second-order (Newton) SCF
-        mf = make_mf(mol, level).newton()
+        mf = new_mf().newton()
         n = _run(mf, best_dm)
         total += n
         attempts.append(_describe("newton", mf, n))
         keep(mf)
         if mf.converged:
-            mf2 = make_mf(mol, level)
+            mf2 = new_mf()
             n = _run(mf2, mf.make_rdm1())
             total += n
             attempts.append(_describe("newton/plain", mf2, n))

@@ -196,6 +196,9 @@ def test_coarse_grid_preconvergence_gives_the_levels_own_scf(water_b3lyp):
     assert pre.attempts[0].startswith(f"grid{qm.PRECONVERGE_GRID_LEVEL} pre-convergence: converged")
     assert plain.attempts[0].startswith("diis: converged")
     assert pre.mf.grids.level == DEFAULT.grid_level and pre.mf.conv_tol == DEFAULT.conv_tol
+    # a later pass takes the density-fitting integrals of an earlier one
+    assert qm.make_mf(mol, DEFAULT, with_df=pre.mf.with_df).with_df is pre.mf.with_df
+    assert qm.make_mf(mol, DEFAULT).with_df is not pre.mf.with_df
     assert abs(pre.energy_hartree - plain.energy_hartree) < 1e-8
     origin = qm.centre_of_nuclear_charge_bohr(mol)
     mu_pre = qm.dipole_au(pre.mf, origin_bohr=origin)
