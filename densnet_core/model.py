@@ -21,7 +21,9 @@ Architecture (NequIP / MACE-lite, e3nn on torch)
   ~50-atom molecules fast on a CPU. All blocks but the last output ``hidden_irreps``; the last
   ("readout") block outputs the readout irreps, built from the heads' needs: every (l, parity)
   of the density heads, and for the response heads every irrep of irreps_Z (x) 1o, up to
-  l_max + 1 and including pseudo-tensors (1e, 2o, 3e, 4o, ...).
+  l_max + 1 and including pseudo-tensors (1e, 2o, 3e, 4o, ...). Without autograd the readout
+  block is evaluated per group of elements on the irreps their heads read
+  (:class:`~densnet_core.readout.ElementReadout`; same numbers, a fraction of the work).
 * Density heads: for every element Z an ``o3.Linear(readout, irreps_Z)``, irreps_Z the aux
   shells of Z in PySCF shell order with parity (-1)^l (components in e3nn order). Applied once
   per element per batch (atoms grouped by element, results scattered with precomputed
@@ -74,6 +76,7 @@ from densnet_core.graph import (
     neighbour_table,
     radius_graph,
 )
+from densnet_core.readout import ElementReadout
 
 __all__ = [
     "PRESETS",
@@ -268,15 +271,15 @@ class EdgeGeometry:
         (E, n_radial): radial basis of every edge length.
     table
         The edges regrouped by receiving atom (:class:`~densnet_core.graph.NeighbourTable`).
-    sh
-        Per l = 0..lmax: (A, K, 2l + 1) spherical harmonics Y^l of every edge direction in the
-        neighbour table, zeros in the unused slots.
+    sh_t
+        Per l = 0..lmax: (A, 2l + 1, K) spherical harmonics Y^l of every edge direction in the
+        neighbour table (transposed, contiguous), zeros in the unused slots.
     """
 
     src: torch.Tensor
     radial: torch.Tensor
     table: NeighbourTable
-    sh: tuple[torch.Tensor, ...]
+    sh_t: tuple[torch.Tensor, ...]
 
     @classmethod
     def build(
@@ -290,8 +293,10 @@ class EdgeGeometry:
         table = neighbour_table(edge_index[1], n_atoms)
         padded = table.pad(edge_sh)
         lmax = math.isqrt(edge_sh.shape[1]) - 1
-        sh = tuple(padded[:, :, l * l : (l + 1) ** 2].contiguous() for l in range(lmax + 1))
-        return cls(src=edge_index[0], radial=edge_radial, table=table, sh=sh)
+        sh_t = tuple(
+            padded[:, :, l * l : (l + 1) ** 2].transpose(1, 2).contiguous() for l in range(lmax + 1)
+        )
+        return cls(src=edge_index[0], radial=edge_radial, table=table, sh_t=sh_t)
 
 
 class EdgeDensity(nn.Module):
@@ -338,16 +343,18 @@ class EdgeDensity(nn.Module):
 
     def forward(self, s: torch.Tensor, edges: EdgeGeometry) -> torch.Tensor:
         """(A, n_scalars) -> (A, irreps_out), e3nn layout (per l: channel-major, then m)."""
-        if len(edges.sh) < len(self.muls):
+        if len(edges.sh_t) < len(self.muls):
             raise ValueError(f"edge spherical harmonics up to l = {len(self.muls) - 1} needed")
         g = self.lin(s)[edges.src] * self.radial(edges.radial)  # (E, n_ch)
-        gt = edges.table.pad(g).transpose(1, 2)  # (A, n_ch, K)
+        g = torch.cat([g, g.new_zeros((1, g.shape[1]))])  # + the empty slots' zero row
+        gp = edges.table.gather(g)  # (A, K, n_ch)
         n_atoms = s.shape[0]
         parts = []
         c0 = 0
         for l, mul in enumerate(self.muls):
             if mul:
-                a_l = torch.bmm(gt[:, c0 : c0 + mul], edges.sh[l])  # (A, mul, 2l + 1)
+                # (A, 2l + 1, K) @ (A, K, mul) -> (A, 2l + 1, mul) -> e3nn's channel-major layout
+                a_l = torch.bmm(edges.sh_t[l], gp[:, :, c0 : c0 + mul]).transpose(1, 2)
                 parts.append(a_l.reshape(n_atoms, mul * (2 * l + 1)))
             c0 += mul
         return torch.cat(parts, dim=1) * self.norm
@@ -1057,6 +1064,15 @@ class DensityModel(nn.Module):
                 assert {ir for _, ir in irreps_r} <= readout_set
                 self.response_heads[str(z)] = o3.Linear(self.irreps_readout, irreps_r)
                 self._cg_inv[z] = w
+        # the readout block per group of elements, on the irreps their heads read
+        needs = []
+        for irreps_z in irreps_el.values():
+            need = {ir for _, ir in irreps_z}
+            if self.has_response:
+                need |= {ir for _, ir in response_irreps(irreps_z)[0]}
+            needs.append(need)
+        self.element_readout = ElementReadout(self.layers[-1], needs)
+        self.use_element_readout = True  # False: the full block in inference too (A/B checks)
 
     # ---- construction helpers ---------------------------------------------------------------
     @classmethod
@@ -1131,7 +1147,11 @@ class DensityModel(nn.Module):
         return w
 
     def node_features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Readout features (A, irreps_readout) of every atom."""
+        """Readout features (A, irreps_readout) of every atom.
+
+        Without autograd (inference) the readout block runs per group of elements
+        (:mod:`densnet_core.readout`): the blocks an atom's heads never read are then zero,
+        every other block is what the full block gives."""
         return self._features_and_edges(batch)[0]
 
     def _features_and_edges(
@@ -1159,8 +1179,12 @@ class DensityModel(nn.Module):
         edge_radial = self.radial_basis(r)
         x = self.embedding(node_attr)
         edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, x.shape[0])
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             x = layer(x, node_attr, edges)
+        if self.use_element_readout and not torch.is_grad_enabled():
+            x = self.element_readout(self.layers[-1], x, el, edges)
+        else:
+            x = self.layers[-1](x, node_attr, edges)
         return x, edge_index, r, edge_radial
 
     def forward(

@@ -312,6 +312,9 @@ def test_edge_density_equals_the_explicit_neighbour_sum(n_isolated):
     table = neighbour_table(dst, n)
     assert table.k == int(torch.bincount(dst, minlength=n).max())
     assert len(set(table.slot.tolist())) == len(dst)  # every edge its own slot
+    vals = torch.randn(len(dst), 3, generator=g, dtype=torch.float64)
+    with_zero_row = torch.cat([vals, vals.new_zeros((1, 3))])
+    assert torch.equal(table.gather(with_zero_row), table.pad(vals))
 
 
 def test_edge_geometry_without_edges():
