@@ -77,6 +77,7 @@ from densnet_core.graph import (
     radius_graph,
 )
 from densnet_core.readout import ElementReadout
+from densnet_core.self_interaction import element_self_interaction
 
 __all__ = [
     "PRESETS",
@@ -465,14 +466,25 @@ class Interaction(nn.Module):
         self.residual = self.irreps_in == self.irreps_out
 
     def forward(
-        self, x: torch.Tensor, node_attr: torch.Tensor, edges: EdgeGeometry
+        self,
+        x: torch.Tensor,
+        node_attr: torch.Tensor,
+        edges: EdgeGeometry,
+        element: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(A, irreps_in) node features, (A, n_elements) one-hot -> (A, irreps_out)."""
+        """(A, irreps_in) node features, (A, n_elements) one-hot -> (A, irreps_out).
+
+        ``element`` (A,) long, the one-hot's indices: when given and autograd is off, the
+        element self-interaction runs per element (:mod:`densnet_core.self_interaction`).
+        """
         a = self.edge(x[:, : self.n_scalars], edges)
         p = self.product(self.lin_left(x), self.lin_right(a))
-        si = self.self_interaction(x, node_attr) if self.element_self_interaction else None
-        if si is None:
+        if not self.element_self_interaction:
             si = self.self_interaction(x)
+        elif element is not None and not torch.is_grad_enabled():
+            si = element_self_interaction(self.self_interaction, x, element)
+        else:
+            si = self.self_interaction(x, node_attr)
         out = self.lin_out(torch.cat([a, p], dim=1)) + si
         out = self.gate(out)
         return out + x if self.residual else out
@@ -1072,7 +1084,8 @@ class DensityModel(nn.Module):
                 need |= {ir for _, ir in response_irreps(irreps_z)[0]}
             needs.append(need)
         self.element_readout = ElementReadout(self.layers[-1], needs)
-        self.use_element_readout = True  # False: the full block in inference too (A/B checks)
+        # False: e3nn's full readout block and one-hot self-interaction in inference too
+        self.use_element_readout = True
 
     # ---- construction helpers ---------------------------------------------------------------
     @classmethod
@@ -1180,7 +1193,7 @@ class DensityModel(nn.Module):
         x = self.embedding(node_attr)
         edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, x.shape[0])
         for layer in self.layers[:-1]:
-            x = layer(x, node_attr, edges)
+            x = layer(x, node_attr, edges, el if self.use_element_readout else None)
         if self.use_element_readout and not torch.is_grad_enabled():
             x = self.element_readout(self.layers[-1], x, el, edges)
         else:

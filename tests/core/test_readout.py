@@ -1,4 +1,5 @@
-"""The per-element readout block (`densnet_core.readout`) against the full readout block.
+"""The per-element inference paths (`densnet_core.readout`, `densnet_core.self_interaction`)
+against e3nn's full blocks.
 
 Inference (no autograd) evaluates the readout block per group of elements on the irreps their
 heads read; with autograd on, the model runs the full block. Both must give the same density,
@@ -21,6 +22,7 @@ from densnet_core.graph import collate
 from densnet_core.level import DEFAULT_LEVEL
 from densnet_core.model import DensityModel, response_irreps
 from densnet_core.modelio import load_model, save_model
+from densnet_core.self_interaction import element_self_interaction
 from densnet_core.units import BOHR_PER_ANGSTROM
 
 AUX = DEFAULT_LEVEL.fit_auxbasis  # def2-universal-jkfit
@@ -81,6 +83,20 @@ def test_groups_skip_exactly_the_unread_irreps(model):
         assert len(sub.product.instructions) < len(full.instructions)
     assert len(by_z[1].product.instructions) < len(by_z[6].product.instructions)
     assert not list(readout.parameters())
+
+
+def test_per_element_self_interaction_equals_e3nn(model):
+    """The hidden blocks' one-hot tensor product, per element, equals e3nn's module (float64),
+    for every element present or absent and for an empty batch."""
+    tp = model.layers[0].self_interaction
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, tp.irreps_in1.dim, generator=g, dtype=torch.float64)
+    element = torch.tensor([0, 1, 1, 3, 5] * 8)  # elements 2 and 4 absent
+    one_hot = torch.nn.functional.one_hot(element, len(model.elements)).double()
+    torch.testing.assert_close(
+        element_self_interaction(tp, x, element), tp(x, one_hot), atol=1e-12, rtol=0
+    )
+    assert element_self_interaction(tp, x[:0], element[:0]).shape == (0, tp.irreps_out.dim)
 
 
 def test_model_files_copies_and_casts_are_unaffected(model, tmp_path):

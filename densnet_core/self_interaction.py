@@ -1,0 +1,82 @@
+"""The element-dependent self-interaction of the hidden blocks, computed per element.
+
+Every hidden interaction block of :class:`~densnet_core.model.DensityModel` adds
+``o3.FullyConnectedTensorProduct(h, one_hot(element))``: with a one-hot second factor this is
+a different linear map of h for every element, but e3nn evaluates it as the full outer product
+h (x) one_hot times all elements' weights (n_elements times the work, ~2 ms per drug-like
+molecule in the ``wide`` preset). :func:`element_self_interaction` gives the same numbers from
+the same weights as one matrix product per element present and per irrep (5-6x faster);
+``tests/core/test_readout.py`` checks it against e3nn's module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+
+__all__ = ["element_self_interaction"]
+
+
+def _per_element_form(tp: o3.FullyConnectedTensorProduct) -> bool:
+    """True when ``tp`` is (irreps) x (n x 0e) with 'uvw' weights, as the model builds it."""
+    return (
+        len(tp.irreps_in2) == 1
+        and tp.irreps_in2[0].ir == o3.Irrep("0e")
+        and tp.internal_weights
+        and all(ins.connection_mode == "uvw" and ins.has_weight for ins in tp.instructions)
+    )
+
+
+def element_self_interaction(
+    tp: o3.FullyConnectedTensorProduct, x: torch.Tensor, element: torch.Tensor
+) -> torch.Tensor:
+    """``tp(x, one_hot(element))`` as one matrix product per element and irrep.
+
+    Parameters
+    ----------
+    tp
+        The block's ``FullyConnectedTensorProduct(irreps_in, n_elements x 0e, irreps_out)``.
+    x
+        (A, irreps_in) node features.
+    element
+        (A,) long: every atom's index in the model's element list (0..n_elements-1).
+
+    Returns
+    -------
+    torch.Tensor
+        (A, irreps_out), equal to ``tp(x, one_hot(element, n_elements))``.
+    """
+    if not _per_element_form(tp) or x.shape[0] == 0:
+        n_el = tp.irreps_in2.dim
+        return tp(x, torch.nn.functional.one_hot(element, n_el).to(x.dtype))
+    # e3nn's path weight, and its 1/sqrt(2l+1) of the (l x 0 -> l) Clebsch-Gordan coefficient
+    weights = []
+    start = 0
+    for ins in tp.instructions:
+        mul1, n_el, mul_out = ins.path_shape
+        d = tp.irreps_out[ins.i_out].ir.dim
+        n = mul1 * n_el * mul_out
+        scale = ins.path_weight / math.sqrt(d)
+        weights.append(tp.weight[start : start + n].view(mul1, n_el, mul_out) * scale)
+        start += n
+    sl_in = tp.irreps_in1.slices()
+    rows, values = [], []
+    for e in torch.unique(element).tolist():
+        idx = torch.nonzero(element == e).squeeze(1)
+        xe = x.index_select(0, idx)
+        blocks: list[torch.Tensor | None] = [None] * len(tp.irreps_out)
+        for ins, w in zip(tp.instructions, weights, strict=True):
+            mul1, d = tp.irreps_in1[ins.i_in1].mul, tp.irreps_in1[ins.i_in1].ir.dim
+            xb = xe[:, sl_in[ins.i_in1]].reshape(-1, mul1, d).transpose(1, 2)  # (n, d, mul1)
+            yb = torch.matmul(xb, w[:, e, :]).transpose(1, 2).reshape(len(idx), -1)
+            prev = blocks[ins.i_out]
+            blocks[ins.i_out] = yb if prev is None else prev + yb
+        for i, (mul, ir) in enumerate(tp.irreps_out):
+            if blocks[i] is None:
+                blocks[i] = xe.new_zeros((len(idx), mul * ir.dim))
+        rows.append(idx)
+        values.append(torch.cat(blocks, dim=1))  # type: ignore[arg-type]
+    out = x.new_zeros((x.shape[0], tp.irreps_out.dim))
+    return out.index_copy(0, torch.cat(rows), torch.cat(values))
