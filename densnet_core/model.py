@@ -86,6 +86,7 @@ __all__ = [
     "PolynomialEnvelope",
     "dipole_au",
     "electron_count",
+    "irreps_read_by_heads",
     "polarizability_au",
     "project_electron_count",
     "response_irreps",
@@ -474,14 +475,29 @@ class Interaction(nn.Module):
     ) -> torch.Tensor:
         """(A, irreps_in) node features, (A, n_elements) one-hot -> (A, irreps_out).
 
-        ``element`` (A,) long, the one-hot's indices: when given and autograd is off, the
-        element self-interaction runs per element (:mod:`densnet_core.self_interaction`).
+        ``element``: see :meth:`update`.
         """
-        a = self.edge(x[:, : self.n_scalars], edges)
+        return self.update(x, self.edge(x[:, : self.n_scalars], edges), node_attr, element)
+
+    def update(
+        self,
+        x: torch.Tensor,
+        a: torch.Tensor,
+        node_attr: torch.Tensor | None,
+        element: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The block after the neighbour sum: (A, irreps_in) features and (A, irreps_A)
+        neighbour density ``a`` -> (A, irreps_out).
+
+        ``node_attr`` (A, n_elements) one-hot feeds the element self-interaction (unused by the
+        readout block). With ``element`` (A,) long, the one-hot's indices, that
+        self-interaction runs per element instead (:mod:`densnet_core.self_interaction`; the
+        same numbers, used for inference).
+        """
         p = self.product(self.lin_left(x), self.lin_right(a))
         if not self.element_self_interaction:
             si = self.self_interaction(x)
-        elif element is not None and not torch.is_grad_enabled():
+        elif element is not None:
             si = element_self_interaction(self.self_interaction, x, element)
         else:
             si = self.self_interaction(x, node_attr)
@@ -549,6 +565,15 @@ def _response_irreps_cached(irreps_str: str) -> tuple[o3.Irreps, torch.Tensor]:
     return srt.irreps.simplify(), w
 
 
+def irreps_read_by_heads(irreps_z: o3.Irreps, response: bool) -> set[o3.Irrep]:
+    """The irreps an element's density heads (and, with ``response``, its response heads) read
+    from the readout features: those of irreps_Z, and of irreps_Z (x) 1o."""
+    needed = {ir for _, ir in irreps_z}
+    if response:
+        needed |= {ir for _, ir in response_irreps(irreps_z)[0]}
+    return needed
+
+
 def _readout_irreps(
     irreps_by_element: Mapping[int, o3.Irreps],
     readout_mul: Sequence[int],
@@ -557,9 +582,7 @@ def _readout_irreps(
 ) -> o3.Irreps:
     needed: set[o3.Irrep] = set()
     for irreps in irreps_by_element.values():
-        needed |= {ir for _, ir in irreps}
-        if response:
-            needed |= {ir for _, ir in response_irreps(irreps)[0]}
+        needed |= irreps_read_by_heads(irreps, response)
     out = []
     for ir in sorted(needed):
         natural = ir.p == (-1) ** ir.l
@@ -1077,12 +1100,7 @@ class DensityModel(nn.Module):
                 self.response_heads[str(z)] = o3.Linear(self.irreps_readout, irreps_r)
                 self._cg_inv[z] = w
         # the readout block per group of elements, on the irreps their heads read
-        needs = []
-        for irreps_z in irreps_el.values():
-            need = {ir for _, ir in irreps_z}
-            if self.has_response:
-                need |= {ir for _, ir in response_irreps(irreps_z)[0]}
-            needs.append(need)
+        needs = [irreps_read_by_heads(ir, self.has_response) for ir in irreps_el.values()]
         self.element_readout = ElementReadout(self.layers[-1], needs)
         # False: e3nn's full readout block and one-hot self-interaction in inference too
         self.use_element_readout = True
@@ -1192,9 +1210,11 @@ class DensityModel(nn.Module):
         edge_radial = self.radial_basis(r)
         x = self.embedding(node_attr)
         edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, x.shape[0])
+        # the per-element inference paths (exact; autograd runs e3nn's own blocks)
+        per_element = self.use_element_readout and not torch.is_grad_enabled()
         for layer in self.layers[:-1]:
-            x = layer(x, node_attr, edges, el if self.use_element_readout else None)
-        if self.use_element_readout and not torch.is_grad_enabled():
+            x = layer(x, node_attr, edges, el if per_element else None)
+        if per_element:
             x = self.element_readout(self.layers[-1], x, el, edges)
         else:
             x = self.layers[-1](x, node_attr, edges)

@@ -20,6 +20,7 @@ channel; C, N, O, F, P, S, Cl: 2,068).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -53,9 +54,7 @@ def weight_offsets(module: Any) -> dict[tuple[int, ...], tuple[int, int]]:
             if not ins.has_weight:
                 continue
             key = (ins.i_in1, ins.i_in2, ins.i_out)
-        n = 1
-        for d in ins.path_shape:
-            n *= int(d)
+        n = math.prod(ins.path_shape)
         out[key] = (start, start + n)
         start += n
     if start != module.weight_numel:
@@ -172,9 +171,7 @@ class _Group(nn.Module):
         for ins in sub.instructions:
             key = (in_full[ins.i_in], out_full[ins.i_out])
             a, b = offsets[key]
-            n = 1
-            for d in ins.path_shape:
-                n *= int(d)
+            n = math.prod(ins.path_shape)
             if b - a != n:
                 raise AssertionError(f"block {key}: {b - a} weights in the full map, {n} here")
             ranges.append((a, b))
@@ -272,9 +269,9 @@ class ElementReadout(nn.Module):
             (A, irreps_readout); the blocks an atom's element does not read are zero.
         """
         a = layer.edge(x[:, : layer.n_scalars], edges)
-        gid = self.group_of_element.index_select(0, element)
         if len(self._groups) == 1 and self._groups[0] is None:
-            return _full(layer, x, a)
+            return layer.update(x, a, None)
+        gid = self.group_of_element.index_select(0, element)
         rows, values = [], []
         for g, group in enumerate(self._groups):
             idx = torch.nonzero(gid == g).squeeze(1)
@@ -282,7 +279,7 @@ class ElementReadout(nn.Module):
                 continue
             xg, ag = x.index_select(0, idx), a.index_select(0, idx)
             if group is None:
-                values.append(_full(layer, xg, ag))
+                values.append(layer.update(xg, ag, None))
             else:
                 part = group(layer, xg, ag)
                 values.append(
@@ -291,9 +288,3 @@ class ElementReadout(nn.Module):
             rows.append(idx)
         idx = torch.cat(rows)
         return x.new_zeros((x.shape[0], self.dim)).index_copy(0, idx, torch.cat(values))
-
-
-def _full(layer: Any, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """The full readout block on precomputed neighbour densities (as ``Interaction.forward``)."""
-    p = layer.product(layer.lin_left(x), layer.lin_right(a))
-    return layer.gate(layer.lin_out(torch.cat([a, p], dim=1)) + layer.self_interaction(x))
