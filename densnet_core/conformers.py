@@ -32,35 +32,40 @@ conformers are embedded when one is asked for (``2 n``, at least ``n + 3``, othe
 pruning); MMFF94 parameters are set up once per molecule, stereo perceived once.
 
 Parallelism: RDKit holds the GIL while embedding, so molecules are spread over *processes*
-(:func:`process_records`, :func:`shared_pool`); each worker handles a whole batch.
+(:mod:`densnet_core.conformer_pool`: :func:`process_records`, :func:`shared_pool`, re-exported
+here); each worker handles a whole batch.
 :func:`conformers_table` is the whole stage (input file → Parquet table) without Prefect; the
 Prefect flow (``flows/conformers.py``) runs the same :func:`process_batch_dicts` in the same pool.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import importlib
 import logging
 import math
-import multiprocessing
 import os
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
-from rdkit import Chem, RDLogger, rdBase
+from rdkit import Chem, rdBase
 from rdkit.Chem import rdDistGeom, rdForceFieldHelpers, rdMolAlign
 
 from densnet_core import keys as K
-from densnet_core.inputs import InputRecord, as_record, read_records, split_batches
+
+# the process pools live in densnet_core.conformer_pool (no RDKit import there); re-exported
+from densnet_core.conformer_pool import make_pool as make_pool
+from densnet_core.conformer_pool import pool_batch_size as pool_batch_size
+from densnet_core.conformer_pool import process_batch_in_pool as process_batch_in_pool
+from densnet_core.conformer_pool import process_records as process_records
+from densnet_core.conformer_pool import shared_pool as shared_pool
+from densnet_core.conformer_pool import shutdown_shared_pools as shutdown_shared_pools
+from densnet_core.inputs import InputRecord, as_record, read_records
 
 log = logging.getLogger(__name__)
 
@@ -747,187 +752,6 @@ def process_batch_dicts(
 ) -> list[dict[str, Any]]:
     """:func:`process_batch` on plain-dict records (the form sent to worker processes)."""
     return process_batch([InputRecord.from_dict(r) for r in records], **dict(options))
-
-
-# --- process pools ---------------------------------------------------------------------------
-def _init_worker() -> None:
-    RDLogger.DisableLog("rdApp.*")
-    # one molecule per process at a time: keep BLAS/OpenMP from oversubscribing the cores
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-
-
-def _ping() -> int:
-    return os.getpid()
-
-
-def make_pool(workers: int) -> ProcessPoolExecutor:
-    """A process pool for conformer batches (``spawn`` start: safe with threads running)."""
-    ctx = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
-
-
-_SHARED_POOLS: dict[int, ProcessPoolExecutor] = {}
-
-
-def shared_pool(workers: int, *, warm: bool = False) -> ProcessPoolExecutor:
-    """The process-wide pool with ``workers`` processes (created on first use).
-
-    Parameters
-    ----------
-    workers
-        Number of worker processes.
-    warm
-        Start all workers now (in the background) so their RDKit import overlaps with
-        other start-up work.
-    """
-    pool = _SHARED_POOLS.get(workers)
-    if pool is None:
-        pool = make_pool(workers)
-        _SHARED_POOLS[workers] = pool
-        if warm:
-            for _ in range(workers):
-                pool.submit(_ping)
-    return pool
-
-
-def shutdown_shared_pools() -> None:
-    """Shut down the pools made by :func:`shared_pool`."""
-    while _SHARED_POOLS:
-        _, pool = _SHARED_POOLS.popitem()
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-atexit.register(shutdown_shared_pools)
-
-
-def _discard_pool(workers: int) -> None:
-    pool = _SHARED_POOLS.pop(workers, None)
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _crash_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    return _fail(
-        _base_row(InputRecord.from_dict(record)),
-        K.STATUS_EMBEDDING_FAILED,
-        "the worker process crashed while processing this record",
-    )[0]
-
-
-def process_batch_in_pool(
-    records: Sequence[Mapping[str, Any]], options: Mapping[str, Any], workers: int
-) -> list[dict[str, Any]]:
-    """Run one batch in the shared pool of ``workers`` processes (in-process for 1 worker).
-
-    If a worker process dies (a crash inside RDKit), the pool is replaced and the batch is
-    redone one record at a time, so only the record that crashes gets an error row.
-    """
-    if workers <= 1:
-        return process_batch_dicts(records, options)
-    try:
-        return (
-            shared_pool(workers).submit(process_batch_dicts, list(records), dict(options)).result()
-        )
-    except BrokenProcessPool:
-        _discard_pool(workers)
-    rows: list[dict[str, Any]] = []
-    for rec in records:
-        try:
-            rows.extend(
-                shared_pool(workers).submit(process_batch_dicts, [rec], dict(options)).result()
-            )
-        except BrokenProcessPool:
-            _discard_pool(workers)
-            rows.append(_crash_row(rec))
-    return rows
-
-
-def pool_batch_size(n_records: int, workers: int) -> int:
-    """Records per batch on the library path: small batches, so that the workers finish together.
-
-    A batch costs ~1 ms of inter-process traffic and ~0.1 s per record of work, so 16 records
-    per batch keep the overhead near 0.1 % while the last batch leaves a core idle for ~1.5 s
-    at most; fewer when there are few records (at least 8 batches per worker).
-    """
-    return max(1, min(16, math.ceil(n_records / (8 * max(1, workers)))))
-
-
-def process_records(
-    records: Sequence[InputRecord],
-    *,
-    workers: int = 1,
-    batch_size: int | None = None,
-    on_progress: Callable[[int], None] | None = None,
-    use_pool: bool | None = None,
-    **options: Any,
-) -> list[dict[str, Any]]:
-    """Process many records in parallel worker processes (the library path, no Prefect).
-
-    The batches go to the process-wide pool of :func:`shared_pool` (started once, reused by
-    later calls; start it early with ``shared_pool(workers, warm=True)``). A worker that
-    crashes costs only the record it crashed on (:func:`process_batch_in_pool`).
-
-    Parameters
-    ----------
-    records
-        Input records.
-    workers
-        Worker processes; 1 runs in this process.
-    batch_size
-        Records per batch (default :func:`pool_batch_size`).
-    on_progress
-        Called with the number of records finished after each batch (in completion order).
-    use_pool
-        Run in the worker pool even with ``workers=1`` (so that this process stays free,
-        e.g. to load a model meanwhile); default: a pool when ``workers > 1``.
-    **options
-        Keyword arguments of :func:`generate_conformers`.
-
-    Returns
-    -------
-    list[dict]
-        Rows in input order.
-    """
-    if use_pool is None:
-        use_pool = workers > 1
-    if batch_size is None:
-        batch_size = pool_batch_size(len(records), workers)
-    batches = split_batches(len(records), workers, batch_size)
-    payloads = [[records[i].to_dict() for i in b] for b in batches]
-    if not use_pool:
-        out: list[dict[str, Any]] = []
-        for payload in payloads:
-            out.extend(process_batch_dicts(payload, options))
-            if on_progress:
-                on_progress(len(payload))
-        return out
-    results: list[list[dict[str, Any]] | None] = [None] * len(payloads)
-    try:
-        pool = shared_pool(workers)
-        futures: dict[Future[list[dict[str, Any]]], int] = {
-            pool.submit(process_batch_dicts, payload, options): i
-            for i, payload in enumerate(payloads)
-        }
-    except BrokenProcessPool:  # the pool broke before this call (e.g. an earlier crash)
-        _discard_pool(workers)
-        futures = {}
-    for fut in as_completed(futures):
-        i = futures[fut]
-        try:
-            results[i] = fut.result()
-        except BrokenProcessPool:
-            continue  # redone below
-        if on_progress:
-            on_progress(len(payloads[i]))
-    # A crashed worker breaks the whole pool: every unfinished batch is redone in a fresh
-    # one, a record at a time only for a batch that crashes again.
-    for i, payload in enumerate(payloads):
-        if results[i] is None:
-            results[i] = process_batch_in_pool(payload, options, workers)
-            if on_progress:
-                on_progress(len(payload))
-    return [row for batch in results if batch is not None for row in batch]
 
 
 def conformers_table(

@@ -53,13 +53,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import densnet_core
 from densnet_core import keys as K
 from densnet_core.units import BOHR_PER_ANGSTROM, DEBYE_PER_AU
+
+if TYPE_CHECKING:
+    from densnet_core.conformer_pool import ConformerBatches
 
 __all__ = [
     "ALPHA_ANISO_AU",
@@ -1064,6 +1067,46 @@ def predict_rows_parallel(
     return results  # type: ignore[return-value]
 
 
+def _stream_conformer_batches(
+    conformer_stage: ConformerBatches,
+    predictor: Predictor,
+    stage: dict[str, float],
+    notify: Callable[[str, int, int], None],
+) -> tuple[dict[int, list[dict[str, Any]]], dict[int, list[dict[str, Any]]]]:
+    """Collect the conformer batches as they finish; predict here while the pool still works.
+
+    Returns ``(conformer rows per batch, predicted rows per batch)``; the second holds only the
+    batches predicted during the stream. Adds ``stage["conformers"]`` (seconds from the
+    submission of the batches to the last one) and the streamed prediction seconds to
+    ``stage["predict"]``.
+    """
+    batches: dict[int, list[dict[str, Any]]] = {}
+    predicted: dict[int, list[dict[str, Any]]] = {}
+    queued: list[int] = []
+    stream_rows = max(1, predictor.batch_size // 2)
+    n_records, records_done = conformer_stage.n_records, 0
+    notify("conformers", 0, n_records)
+    for number, rows in conformer_stage:
+        batches[number] = rows
+        queued.append(number)
+        records_done += conformer_stage.batch_records(number)
+        notify("conformers", records_done, n_records)
+        if not conformer_stage.working():
+            continue  # the pool is done (or there is none): the rest goes to the workers
+        if sum(len(batches[q]) for q in queued) < stream_rows:
+            continue
+        t0 = time.perf_counter()
+        out = predictor.predict_rows([row for q in queued for row in batches[q]])
+        at = 0
+        for q in queued:
+            predicted[q] = out[at : at + len(batches[q])]
+            at += len(batches[q])
+        queued = []
+        stage["predict"] += time.perf_counter() - t0
+    stage["conformers"] = time.perf_counter() - conformer_stage.started
+    return batches, predicted
+
+
 def screen_file(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -1076,6 +1119,7 @@ def screen_file(
     predictor: Predictor | None = None,
     on_progress: ProgressFn | None = None,
     freeze_gc: bool = False,
+    conformer_stage: ConformerBatches | None = None,
 ) -> dict[str, Any]:
     """The screen without Prefect: input file → conformers → predictions table.
 
@@ -1083,12 +1127,14 @@ def screen_file(
     Prefect flow. Stages:
 
     1. conformers: a conformers table is read as it is; any other input (``.smi``, ``.csv``,
-       ``.sdf`` — 3D SDF coordinates are kept) goes through
-       :func:`densnet_core.conformers.process_records` in a pool of ``workers`` processes
-       (``workers - 1``, at least one, when every record is a 3D SDF block: parsing needs no
-       embedding, so the model loads on the remaining core), *while* this process loads the
-       model, and is written to ``<output stem>.conformers.parquet``;
-    2. prediction: :func:`predict_rows_parallel` with ``workers`` processes;
+       ``.sdf`` — 3D SDF coordinates are kept) is cut into batches for the worker pool of
+       :func:`densnet_core.conformer_pool.start_conformer_stage` (``workers`` processes;
+       ``workers - 1``, at least one, when every record is a 3D SDF block: parsing needs no
+       embedding, so the model loads on the remaining core) *while* this process loads the
+       model. The rows are written to ``<output stem>.conformers.parquet``;
+    2. prediction, streamed: while the pool still works, the batches it has finished are
+       predicted here (one torch thread, ``batch_size // 2`` rows at a time); the rest, once
+       the pool is done, by :func:`predict_rows_parallel` with ``workers`` processes;
     3. the predictions table is written atomically, plus ``<output stem>.molecules.parquet``
        (Boltzmann-averaged per molecule) when ``n_conformers > 1``.
 
@@ -1121,17 +1167,24 @@ def screen_file(
         modules and the model, forked workers copy fewer pages, and the interpreter's exit is
         ~1 s shorter. For short-lived processes (the CLI, which also disables the collector
         during its start-up: ~0.5 s of the ~5 s); it leaves those objects uncollected for good.
+    conformer_stage
+        The conformer batches of ``input_path``, already submitted by
+        :func:`densnet_core.conformer_pool.start_conformer_stage` with the same ``workers``
+        and ``n_conformers`` (the CLI starts them before it imports torch); None = submit
+        them here.
 
     Returns
     -------
     dict
         ``input``, ``output``, ``molecules_output``, ``conformers_output``, ``n_records``,
         ``n_rows``, ``status_counts`` (rows per status), ``seconds``, ``stage_seconds``
-        (``load``, ``conformers``, ``predict``, ``write``; load and conformers overlap),
-        ``predict_timings`` (CPU-seconds per predictor stage, summed over workers),
-        ``rows_per_second``, ``model_id``, ``model_dir``, ``workers``, ``n_ood`` (ok rows
-        flagged out of distribution), ``n_members`` (ensemble members; 1 for a single
-        model), ``domain_source`` (:attr:`Predictor.domain_source`).
+        (``load``, ``conformers`` (from the submission of the batches), ``predict`` (the
+        streamed part included), ``write``; the first three overlap), ``streamed_rows`` (rows
+        predicted while the conformer pool was still working), ``predict_timings``
+        (CPU-seconds per predictor stage, summed over workers), ``rows_per_second``,
+        ``model_id``, ``model_dir``, ``workers``, ``n_ood`` (ok rows flagged out of
+        distribution), ``n_members`` (ensemble members; 1 for a single model),
+        ``domain_source`` (:attr:`Predictor.domain_source`).
 
     Raises
     ------
@@ -1140,8 +1193,7 @@ def screen_file(
     ModelNotFoundError
         No model.
     """
-    import threading
-
+    from densnet_core.conformer_pool import shutdown_shared_pools, start_conformer_stage
     from densnet_core.inputs import detect_format
     from densnet_core.settings import get_settings
 
@@ -1150,7 +1202,7 @@ def screen_file(
     workers = max(1, int(workers or get_settings().n_workers()))
     if predictor is None:
         resolve_model_dir(model_dir)  # fail before any work
-    stage: dict[str, float] = {}
+    stage: dict[str, float] = {"predict": 0.0}
 
     def notify(name: str, done: int, total: int) -> None:
         if on_progress is not None:
@@ -1159,94 +1211,59 @@ def screen_file(
             except Exception:  # a display problem must not fail the run
                 pass
 
-    # --- 1. conformers (in a pool, while the model loads here) ------------------------------
-    conformers_output: str | None = None
-    conf_rows: list[dict[str, Any]] = []
-    embed_error: list[BaseException] = []
-    embedder: threading.Thread | None = None
+    # --- 1. conformers (submitted to the pool; it works while the model loads here) ---------
     if fmt == "conformers":
         t0 = time.perf_counter()
         conf_rows = read_conformer_rows(input_path)
         stage["conformers"] = time.perf_counter() - t0
-    else:
-        from densnet_core.conformers import process_records, shared_pool
-        from densnet_core.inputs import read_records
+    elif conformer_stage is None:
+        conformer_stage = start_conformer_stage(
+            input_path, workers=workers, n_conformers=n_conformers
+        )
 
-        t_embed = time.perf_counter()
-        records = read_records(input_path)
-        # a pool only pays for its start-up (~1 s per worker) with enough records
-        embed_workers = workers if len(records) >= 8 * workers else 1
-        use_pool = embed_workers > 1
-        if use_pool and not any(r.needs_embedding for r in records):
-            # 3D SDF: only parsing (~3 CPU-ms a record), so leave one core to the model load
-            # running here at the same time
-            embed_workers = workers - 1
-        if use_pool:
-            shared_pool(embed_workers, warm=True)
-
-        def embed() -> None:
-            done = 0
-
-            def progress(n: int) -> None:
-                nonlocal done
-                done += n
-                notify("conformers", done, len(records))
-
-            try:
-                notify("conformers", 0, len(records))
-                conf_rows.extend(
-                    process_records(
-                        records,
-                        workers=embed_workers,
-                        use_pool=use_pool,
-                        on_progress=progress,
-                        n_conformers=n_conformers,
-                    )
-                )
-            except BaseException as exc:  # re-raised in the caller's thread
-                embed_error.append(exc)
-            finally:
-                stage["conformers"] = time.perf_counter() - t_embed
-
-        embedder = threading.Thread(target=embed, name="densnet-conformers", daemon=True)
-        embedder.start()
-
-    # --- model (overlaps with the conformer pool) -------------------------------------------
+    # --- model -------------------------------------------------------------------------------
     t0 = time.perf_counter()
     try:
         if predictor is None:
             predictor = Predictor(model_dir, batch_size=batch_size, threads=threads)
     finally:
         stage["load"] = time.perf_counter() - t0
-        if embedder is not None:
-            embedder.join()
     if freeze_gc:
         import gc
 
         gc.freeze()
         gc.enable()
-    if embedder is not None:
-        from densnet_core.conformers import shutdown_shared_pools
+    timings_before = dict(predictor.timings)
 
+    # --- 2. prediction: streamed while the pool works, the rest in forked workers -----------
+    conformers_output: str | None = None
+    done_rows: dict[int, list[dict[str, Any]]] = {}  # predicted rows per conformer batch
+    if conformer_stage is not None:
+        batches, done_rows = _stream_conformer_batches(conformer_stage, predictor, stage, notify)
         shutdown_shared_pools()  # no idle workers (nor their threads) while we fork below
-    if embed_error:
-        raise embed_error[0]
-    if embedder is not None:
+        conf_rows = [row for i in range(len(batches)) for row in batches[i]]
         from densnet_core import store
 
         conf_path = sibling_path(output_path, "conformers")
         conformers_output = str(store.write_table(conf_rows, conf_path, "conformers"))
-
-    # --- 2. prediction ----------------------------------------------------------------------
+        rest = [i for i in range(len(batches)) if i not in done_rows]
+        rest_rows = [row for i in rest for row in batches[i]]
+    else:
+        batches, rest, rest_rows = {0: conf_rows}, [0], conf_rows
+    n_streamed = sum(len(v) for v in done_rows.values())
     t0 = time.perf_counter()
-    timings_before = dict(predictor.timings)
-    rows = predict_rows_parallel(
+    predicted = predict_rows_parallel(
         predictor,
-        conf_rows,
+        rest_rows,
         workers=workers,
-        on_progress=lambda d, t: notify("predict", d, t),
+        on_progress=lambda d, t: notify("predict", n_streamed + d, n_streamed + t),
     )
-    stage["predict"] = time.perf_counter() - t0
+    stage["predict"] += time.perf_counter() - t0
+    at = 0
+    for i in rest:
+        done_rows[i] = predicted[at : at + len(batches[i])]
+        at += len(batches[i])
+    rows = [row for i in range(len(batches)) for row in done_rows[i]]
     predict_timings = {k: v - timings_before.get(k, 0.0) for k, v in predictor.timings.items()}
 
     # --- 3. tables --------------------------------------------------------------------------
@@ -1264,6 +1281,7 @@ def screen_file(
         "status_counts": status_counts(rows),
         "seconds": seconds,
         "stage_seconds": stage,
+        "streamed_rows": n_streamed,
         "predict_timings": predict_timings,
         "rows_per_second": len(rows) / seconds if seconds > 0 else 0.0,
         "model_id": predictor.model_id,

@@ -169,6 +169,18 @@ def _run_local(job: _Job, update: ProgressFn | None) -> dict[str, Any]:
     import gc
 
     gc.disable()  # start-up makes ~10^6 long-lived objects: no collections while it runs
+    # Hand the conformer work (for an SDF: parsing) to its worker pool first, so that it runs
+    # on the other core while this process imports torch and loads the model (~3-4 s).
+    from densnet_core.conformer_pool import start_conformer_stage
+    from densnet_core.settings import get_settings
+
+    workers = max(1, int(job.workers or get_settings().n_workers()))
+    try:
+        stage = start_conformer_stage(
+            job.input_path, workers=workers, n_conformers=job.n_conformers
+        )
+    except Exception as exc:
+        raise fail(f"the predict run failed: {type(exc).__name__}: {exc}", code=1) from None
     from densnet_core.predict import (
         import_e3nn_without_dynamo,
         screen_file,
@@ -184,9 +196,10 @@ def _run_local(job: _Job, update: ProgressFn | None) -> dict[str, Any]:
         return screen_file(
             job.input_path,
             job.output,
-            **job.options(),
+            **{**job.options(), "workers": workers},
             on_progress=update,
             freeze_gc=True,  # re-enables the collector once the model is loaded
+            conformer_stage=stage,
         )
     except Exception as exc:
         raise fail(f"the predict run failed: {type(exc).__name__}: {exc}", code=1) from None

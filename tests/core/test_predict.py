@@ -439,6 +439,95 @@ def test_screen_file_conformers_table_with_boltzmann(model_dir: Path, tmp_path: 
     assert list(mol[K.RECORD_INDEX]) == [0, 1, 2, 3] and (mol["n_conformers"] == 3).all()
 
 
+STREAM_SMILES = [
+    "CCO", "c1ccncc1", "CC(=O)N", "OC(=O)c1ccccc1", "not-a-smiles", "C[SiH3]", "CS(=O)C",
+    "FC(F)F", "c1ccoc1", "CC#N", "NC(=O)c1ccccn1", "ClCCl", "OCCO", "C1CCNC1", "CN(C)C=O",
+    "c1ccsc1", "CC(C)O", "O=C1CCCC1",
+]  # fmt: skip
+
+
+def _smiles_file(path: Path) -> Path:
+    path.write_text("".join(f"{s} m{i}\n" for i, s in enumerate(STREAM_SMILES)))
+    return path
+
+
+def _assert_same_predictions(df: pd.DataFrame, reference: list[dict]) -> None:
+    assert list(df[K.RECORD_INDEX]) == [r[K.RECORD_INDEX] for r in reference]
+    assert list(df[K.STATUS]) == [r[K.STATUS] for r in reference]
+    for (_, row), ref in zip(df.iterrows(), reference, strict=True):
+        if ref[K.STATUS] == "ok":
+            np.testing.assert_allclose(row[K.DIPOLE_AU], ref[K.DIPOLE_AU], atol=1e-5)
+            np.testing.assert_allclose(
+                row[K.POLARIZABILITY_AU], ref[K.POLARIZABILITY_AU], atol=1e-5
+            )
+
+
+def test_screen_file_streams_finished_conformer_batches(model_dir: Path, tmp_path: Path) -> None:
+    """Batches that finish while the conformer stage still works are predicted at once; the
+    rest after it; the table is the same as predicting the whole conformers table."""
+    from densnet_core import store
+    from densnet_core.conformer_pool import ConformerBatches
+    from densnet_core.inputs import read_records
+
+    class StillWorking(ConformerBatches):
+        """In-process batches that report "still working" until the last one is handed out."""
+
+        given = 0
+
+        def __iter__(self):
+            for self.given, item in enumerate(super().__iter__(), start=1):
+                yield item
+
+        def working(self) -> bool:
+            return self.given < len(self)
+
+    smi = _smiles_file(tmp_path / "in.smi")
+    stage = StillWorking(read_records(smi), workers=1, batch_size=1)
+    assert len(stage) == 18
+    out = tmp_path / "pred.parquet"
+    seen: list[tuple[str, int, int]] = []
+    summary = screen_file(
+        smi,
+        out,
+        model_dir=model_dir,
+        workers=2,
+        batch_size=4,
+        conformer_stage=stage,
+        on_progress=lambda *a: seen.append(a),
+    )
+    # streamed two batches at a time (batch_size // 2 rows); the last two (one was still
+    # queued when the stage finished) are left to the workers
+    assert summary["streamed_rows"] == 16 and summary["n_rows"] == 18
+    conf = store.read_table(summary["conformers_output"], "conformers")
+    reference = Predictor(model_dir, batch_size=4).predict_rows(conf.to_dict("records"))
+    df = store.read_table(out, "predictions")
+    _assert_same_predictions(df, reference)
+    assert df[K.STATUS].value_counts().to_dict() == {
+        "ok": 16, "invalid_smiles": 1, "unsupported_element": 1
+    }  # fmt: skip
+    assert seen[-1] == ("predict", 18, 18) and ("conformers", 18, 18) in seen
+
+
+def test_screen_file_with_the_conformer_pool(model_dir: Path, tmp_path: Path) -> None:
+    """Two workers: the conformer pool embeds while the model loads (its batches streamed
+    or not, as they come), forked workers predict the rest; nothing lost, order kept."""
+    from densnet_core import store
+    from densnet_core.conformer_pool import shutdown_shared_pools
+
+    smi = _smiles_file(tmp_path / "in.smi")
+    try:
+        summary = screen_file(
+            smi, tmp_path / "pred.parquet", model_dir=model_dir, workers=2, batch_size=2
+        )
+    finally:
+        shutdown_shared_pools()
+    conf = store.read_table(summary["conformers_output"], "conformers")
+    assert list(conf[K.RECORD_INDEX]) == list(range(len(STREAM_SMILES)))
+    reference = Predictor(model_dir, batch_size=2).predict_rows(conf.to_dict("records"))
+    _assert_same_predictions(store.read_table(summary["output"], "predictions"), reference)
+    assert 0 <= summary["streamed_rows"] <= summary["n_rows"] == len(STREAM_SMILES)
+
+
 def test_tune_malloc_for_inference_in_a_fresh_process() -> None:
     """The malloc settings are process-global: checked in a child, not in the test process."""
     import subprocess
