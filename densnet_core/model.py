@@ -68,6 +68,7 @@ from e3nn.math import _normalize_activation
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
+from densnet_core.channelwise import fused_product
 from densnet_core.graph import (
     MoleculeInput,
     NeighbourTable,
@@ -491,17 +492,26 @@ class Interaction(nn.Module):
 
         ``node_attr`` (A, n_elements) one-hot feeds the element self-interaction (unused by the
         readout block). With ``element`` (A,) long, the one-hot's indices, that
-        self-interaction runs per element instead (:mod:`densnet_core.self_interaction`; the
-        same numbers, used for inference).
+        self-interaction runs per element instead (:mod:`densnet_core.self_interaction`) and
+        the channel-wise product fused (:mod:`densnet_core.channelwise`): the same numbers,
+        used for inference.
         """
-        p = self.product(self.lin_left(x), self.lin_right(a))
+        if element is None:
+            p = self.product(self.lin_left(x), self.lin_right(a))
+            a_p = torch.cat([a, p], dim=1)
+        else:  # the same product, fused (densnet_core.channelwise), written next to a
+            a_p = a.new_empty((a.shape[0], a.shape[1] + self.product.irreps_out.dim))
+            a_p[:, : a.shape[1]] = a
+            fused_product(self.product)(
+                self.lin_left(x), self.lin_right(a), self.product.weight, out=a_p[:, a.shape[1] :]
+            )
         if not self.element_self_interaction:
             si = self.self_interaction(x)
         elif element is not None:
             si = element_self_interaction(self.self_interaction, x, element)
         else:
             si = self.self_interaction(x, node_attr)
-        out = self.lin_out(torch.cat([a, p], dim=1)) + si
+        out = self.lin_out(a_p) + si
         out = self.gate(out)
         return out + x if self.residual else out
 

@@ -28,6 +28,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from densnet_core.channelwise import fused_product
+
 __all__ = ["ElementReadout", "weight_offsets"]
 
 
@@ -180,14 +182,16 @@ class _Group(nn.Module):
     def forward(self, layer: Any, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """(n, irreps_in) features and (n, A irreps) neighbour density -> (n, len(columns))."""
         gate = layer.gate
-        p = self.product(
+        a_p = a.new_empty((a.shape[0], a.shape[1] + self.product.irreps_out.dim))
+        a_p[:, : a.shape[1]] = a
+        fused_product(self.product)(
             layer.lin_left(x),
             layer.lin_right(a),
             layer.product.weight.index_select(0, self.product_weight_index),
+            out=a_p[:, a.shape[1] :],
         )
         y = self.lin_out(
-            torch.cat([a, p], dim=1),
-            layer.lin_out.weight.index_select(0, self.lin_out_weight_index),
+            a_p, layer.lin_out.weight.index_select(0, self.lin_out_weight_index)
         ) + self.self_interaction(
             x, layer.self_interaction.weight.index_select(0, self.self_interaction_weight_index)
         )
