@@ -138,6 +138,41 @@ def radius_graph(
     return torch.stack([j[keep], i[keep]])
 
 
+def reverse_edges(edge_index: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """For every directed edge (src, dst), the index of the edge (dst, src).
+
+    Parameters
+    ----------
+    edge_index
+        (2, E) long, both directions of every pair present (as :func:`radius_graph` gives,
+        already ordered by (dst, src); any other order is sorted first).
+    n_atoms
+        Number of atoms A.
+
+    Returns
+    -------
+    torch.Tensor
+        (E,) long ``rev`` with ``edge_index[:, rev] == edge_index.flip(0)``.
+
+    Raises
+    ------
+    ValueError
+        If some edge has no reverse.
+    """
+    src, dst = edge_index[0], edge_index[1]
+    key = dst * n_atoms + src
+    wanted = src * n_atoms + dst
+    if key.numel() and bool((key[1:] < key[:-1]).any()):
+        order = torch.argsort(key)
+        pos = torch.searchsorted(key[order], wanted).clamp_(max=max(key.numel() - 1, 0))
+        rev = order[pos]
+    else:
+        rev = torch.searchsorted(key, wanted).clamp_(max=max(key.numel() - 1, 0))
+    if key.numel() and not bool((key[rev] == wanted).all()):
+        raise ValueError("reverse_edges: some edge has no reverse in the graph")
+    return rev
+
+
 @dataclass(frozen=True)
 class NeighbourTable:
     """Every atom's incoming edges as one row of a dense, zero-padded (A, K) table.

@@ -27,6 +27,7 @@ from densnet_core.graph import (
     collate,
     neighbour_table,
     radius_graph,
+    reverse_edges,
 )
 from densnet_core.model import (
     PRESETS,
@@ -741,6 +742,46 @@ def test_charge_transfer_keeps_delta_charges_local():
             assert torch.allclose(both, single[0] + single[1], atol=1e-10)
         else:
             assert abs(first) > 1e-3  # the check can fail
+
+
+def test_charge_transfer_is_its_definition():
+    """t_AB = [g(s_A, s_B, b) - g(s_B, s_A, b)] u: the once-per-edge evaluation (first layer
+    per atom, the reverse edge's g for the second term) against the MLP on the concatenated
+    inputs, both ways round, on a random model with a random last layer (float64)."""
+    model = _randomise_charge_transfer(_make_model(5, torch.float64, charge_transfer=True))
+    ct = model.charge_transfer
+    mols = [WATER, FORMALDEHYDE]
+    batch = model.collate([_neutral_atom_input(*m) for m in mols])
+    pos = batch["positions_bohr"]
+    edge_index = radius_graph(pos, batch["batch"], model.cutoff_bohr)
+    src, dst = edge_index
+    r = (pos[dst] - pos[src]).norm(dim=1)
+    radial = model.radial_basis(r)
+    g = torch.Generator().manual_seed(7)
+    feats = torch.randn(pos.shape[0], model.irreps_readout.dim, generator=g, dtype=torch.float64)
+    got = ct(feats, edge_index, r, radial, model.cutoff_bohr)
+    s = feats.index_select(1, ct._scalar_index)
+    g_in = ct.mlp(torch.cat([s[dst], s[src], radial], dim=1)).squeeze(1)
+    g_out = ct.mlp(torch.cat([s[src], s[dst], radial], dim=1)).squeeze(1)
+    t = (g_in - g_out) * ct.envelope(r / model.cutoff_bohr)
+    want = feats.new_zeros(pos.shape[0]).index_add_(0, dst, t)
+    assert want.abs().max() > 1e-3
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    # edges in any order: the same flows
+    perm = torch.randperm(src.numel(), generator=g)
+    again = ct(feats, edge_index[:, perm], r[perm], radial[perm], model.cutoff_bohr)
+    torch.testing.assert_close(again, want, rtol=0, atol=1e-12)
+
+
+def test_reverse_edges():
+    pos = torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    batch = torch.tensor([0] * 7 + [1] * 13)
+    edge_index = radius_graph(2.0 * pos, batch, 3.0)
+    rev = reverse_edges(edge_index, 20)
+    assert edge_index.shape[1] > 20 and torch.equal(edge_index[:, rev], edge_index.flip(0))
+    assert reverse_edges(edge_index[:, :0], 20).numel() == 0
+    with pytest.raises(ValueError, match="no reverse"):
+        reverse_edges(edge_index[:, 1:], 20)
 
 
 def test_charge_transfer_config_round_trip_and_old_configs():
