@@ -281,6 +281,7 @@ def start_conformer_stage(
     *,
     workers: int,
     n_conformers: int = 1,
+    sdf_energy: bool = False,
 ) -> ConformerBatches | None:
     """Read an input file and submit its records to the conformer pool; None for a table.
 
@@ -298,6 +299,9 @@ def start_conformer_stage(
         Cores to use.
     n_conformers
         Conformers per molecule.
+    sdf_energy
+        MMFF94 single points of 3D SDF records (off: the prediction path never uses them;
+        see :func:`densnet_core.conformers.generate_conformers`).
 
     Returns
     -------
@@ -322,5 +326,9 @@ def start_conformer_stage(
     if use_pool:
         shared_pool(embed_workers, warm=True)
     return ConformerBatches(
-        records, workers=embed_workers, use_pool=use_pool, n_conformers=n_conformers
+        records,
+        workers=embed_workers,
+        use_pool=use_pool,
+        n_conformers=n_conformers,
+        sdf_energy=sdf_energy,
     )

@@ -117,6 +117,7 @@ def conformers_flow(
     workers: int | None = None,
     batch_size: int | None = None,
     mmff_max_iters: int | None = None,
+    sdf_energy: bool = True,
 ) -> dict[str, Any]:
     """Generate conformers for every record of ``input_path`` and write ``output_path``.
 
@@ -126,7 +127,7 @@ def conformers_flow(
         ``.smi``/``.csv``/``.sdf`` file or a conformers table.
     output_path
         Destination Parquet file (conformers schema).
-    n_conformers, seed, max_heavy_atoms, mmff_max_iters
+    n_conformers, seed, max_heavy_atoms, mmff_max_iters, sdf_energy
         See :func:`densnet_core.conformers.generate_conformers`.
     elements
         Supported element symbols (default H C N O F P S Cl Br).
@@ -151,6 +152,7 @@ def conformers_flow(
         "seed": seed,
         "max_heavy_atoms": max_heavy_atoms,
         "supported_elements": tuple(elements or DEFAULT_ELEMENTS),
+        "sdf_energy": sdf_energy,
     }
     if mmff_max_iters is not None:
         options["mmff_max_iters"] = mmff_max_iters

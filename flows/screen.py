@@ -265,6 +265,7 @@ def screen_flow(
                 output_path=str(conf_path),
                 n_conformers=n_conformers,
                 workers=workers,
+                sdf_energy=False,  # as densnet_core.predict.screen_file: never used here
             )
         conformers_output = str(conf_path)
     conf_rows = conformer_table_rows(conf_path)

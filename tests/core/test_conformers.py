@@ -274,7 +274,13 @@ def test_sdf_3d_coordinates_preserved_exactly(tmp_path: Path) -> None:
     assert row[K.NUMBERS] == [a.GetAtomicNum() for a in mol.GetAtoms()]
     assert row[K.FORCE_FIELD] == "none" and math.isfinite(row[K.MMFF_ENERGY_KCAL])
     assert row[K.MOL_ID] == Chem.MolToInchiKey(Chem.MolFromSmiles("OCC(=O)N"))
-    assert "coordinates used as given" in row[K.INPUT_NOTE]
+    assert "coordinates used as given; MMFF94 single-point energy" in row[K.INPUT_NOTE]
+    # the prediction path's option: the same row without the single point
+    bare = process_batch(read_records(p), sdf_energy=False)[0]
+    assert math.isnan(bare[K.MMFF_ENERGY_KCAL]) and "MMFF94" not in bare[K.INPUT_NOTE]
+    assert {k: v for k, v in bare.items() if k not in (K.MMFF_ENERGY_KCAL, K.INPUT_NOTE)} == {
+        k: v for k, v in row.items() if k not in (K.MMFF_ENERGY_KCAL, K.INPUT_NOTE)
+    }
 
 
 def test_sdf_without_hydrogens_gets_them_with_coordinates(tmp_path: Path) -> None:

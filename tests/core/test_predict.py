@@ -410,6 +410,9 @@ def test_screen_file_sdf_keeps_coordinates(model_dir: Path, tmp_path: Path) -> N
     assert list(df[K.STATUS]) == ["ok"] * len(DRUG_LIKE) + ["unsupported_element"]
     assert summary["conformers_output"] == str(sibling_path(out, "conformers"))
     assert summary["n_records"] == len(DRUG_LIKE) + 1 and summary["molecules_output"] is None
+    conf = store.read_table(summary["conformers_output"], "conformers")
+    assert conf[K.MMFF_ENERGY_KCAL].isna().all()  # no MMFF94 single points on this path
+    assert conf[K.INPUT_NOTE].str.contains("coordinates used as given").sum() == len(DRUG_LIKE)
     mols = list(Chem.SDMolSupplier(str(sdf), removeHs=False))
     direct = Predictor(model_dir).predict_rows(
         [
