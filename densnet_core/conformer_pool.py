@@ -247,18 +247,10 @@ def process_records(
 
     Parameters
     ----------
-    records
-        Input records.
-    workers
-        Worker processes; 1 runs in this process.
-    batch_size
-        Records per batch (default :func:`pool_batch_size`).
+    records, workers, batch_size, use_pool, **options
+        As for :class:`ConformerBatches`.
     on_progress
         Called with the number of records finished after each batch (in completion order).
-    use_pool
-        Run in the worker pool even with ``workers=1``; default: a pool when ``workers > 1``.
-    **options
-        Keyword arguments of :func:`densnet_core.conformers.generate_conformers`.
 
     Returns
     -------

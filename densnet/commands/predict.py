@@ -1,8 +1,10 @@
 """``densnet predict INPUT -o OUT.parquet``: dipoles and polarizabilities from the density model.
 
 By default the command runs the library directly (:func:`densnet_core.predict.screen_file`: the
-conformer stage in a process pool while the model loads, then batched prediction in processes
-forked from the loaded model, one torch thread each) and never imports Prefect. Starting Prefect's
+conformer stage — for a 3D SDF only the parse — is handed to its process pool before torch is
+imported, and runs while this process imports and loads the model; batches that finish while
+the pool still works are predicted here, the rest in processes forked from the loaded model, one
+torch thread each) and never imports Prefect. Starting Prefect's
 temporary server costs ~10-25 s of wall time on a 2-core machine, longer than predicting the
 whole 1,017-compound ChEMBL series, so it is opt-in: ``--prefect`` runs ``flows/screen.py``'s
 ``screen_flow`` (flow and task runs, progress, top-N and summary artifacts in the Prefect UI).
