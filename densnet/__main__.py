@@ -1,3 +1,4 @@
-from densnet.cli import app
+from densnet.cli import main
 
-app()
+if __name__ == "__main__":
+    main()

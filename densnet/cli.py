@@ -51,3 +51,22 @@ app.command("md")(md)
 from densnet.commands.active_learn import active_learn  # noqa: E402 - light import (typer only)
 
 app.command("active-learn")(active_learn)
+
+
+def main() -> None:
+    """The console entry point (``densnet``, ``python -m densnet``): run the app; when the
+    command succeeded and asked for it (:func:`densnet.console.request_fast_exit`), end the
+    process without the interpreter's teardown."""
+    import os
+    import sys
+
+    from densnet.console import fast_exit_requested
+
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code in (0, None) and fast_exit_requested():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise

@@ -14,6 +14,23 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
 
+_FAST_EXIT = False
+
+
+def request_fast_exit() -> None:
+    """Let the console entry point (:func:`densnet.cli.main`) end the process with
+    ``os._exit`` once the command has returned successfully, skipping the interpreter's
+    teardown (for ``densnet predict``: ~0.5 s of torch and model clean-up, ~5 % of a
+    1,000-molecule run here). Only for commands whose outputs are all written and closed."""
+    global _FAST_EXIT
+    _FAST_EXIT = True
+
+
+def fast_exit_requested() -> bool:
+    """Whether a command called :func:`request_fast_exit`."""
+    return _FAST_EXIT
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` to stderr and return the ``typer.Exit`` to raise."""
     from rich.console import Console

@@ -27,7 +27,14 @@ from typing import Annotated, Any
 
 import typer
 
-from densnet.console import check_table_paths, fail, say, status_line, transient_progress
+from densnet.console import (
+    check_table_paths,
+    fail,
+    request_fast_exit,
+    say,
+    status_line,
+    transient_progress,
+)
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -146,6 +153,8 @@ def predict(
     if summary.get("molecules_output"):
         say(f"per-molecule Boltzmann averages: {summary['molecules_output']}")
     say(f'open it: pandas.read_parquet("{summary["output"]}")')
+    if not use_prefect:
+        request_fast_exit()  # every table is written and closed; no Prefect, no pools left
 
 
 @dataclass(frozen=True)
