@@ -1226,6 +1226,9 @@ def screen_file(
     try:
         if predictor is None:
             predictor = Predictor(model_dir, batch_size=batch_size, threads=threads)
+    except BaseException:
+        shutdown_shared_pools()  # the conformer work would only be thrown away
+        raise
     finally:
         stage["load"] = time.perf_counter() - t0
     if freeze_gc:

@@ -531,6 +531,19 @@ def test_screen_file_with_the_conformer_pool(model_dir: Path, tmp_path: Path) ->
     assert 0 <= summary["streamed_rows"] <= summary["n_rows"] == len(STREAM_SMILES)
 
 
+def test_screen_file_stops_the_conformer_pool_when_the_model_fails(tmp_path: Path) -> None:
+    """A model that cannot be loaded: the error reaches the caller, the pool is shut down."""
+    from densnet_core import conformer_pool
+
+    bad = make_model_dir(tmp_path / "bad")
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    smi = _smiles_file(tmp_path / "in.smi")
+    with pytest.raises(Exception):  # noqa: B017 - whatever the weights loader raises
+        screen_file(smi, tmp_path / "pred.parquet", model_dir=bad, workers=2)
+    assert conformer_pool._SHARED_POOLS == {}
+    assert not (tmp_path / "pred.parquet").exists()
+
+
 def test_tune_malloc_for_inference_in_a_fresh_process() -> None:
     """The malloc settings are process-global: checked in a child, not in the test process."""
     import subprocess
