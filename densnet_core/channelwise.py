@@ -159,6 +159,17 @@ class FusedChannelwiseProduct:
             out[:, o0:o1].view(n, u, c1 - c0).copy_(results[g][:, :, c0:c1])
         return out
 
+    def after(
+        self, prefix: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """``torch.cat([prefix, tp(x1, x2, weight)], dim=1)``, the product written straight
+        into its columns (no concatenation copy); ``prefix`` is (n, k)."""
+        n, k = prefix.shape
+        both = prefix.new_empty((n, k + self.dim_out))
+        both[:, :k] = prefix
+        self(x1, x2, weight, out=both[:, k:])
+        return both
+
 
 def fused_product(tp: Any) -> FusedChannelwiseProduct:
     """The :class:`FusedChannelwiseProduct` of ``tp``, built once and kept on the module."""

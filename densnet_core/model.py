@@ -501,10 +501,8 @@ class Interaction(nn.Module):
             p = self.product(self.lin_left(x), self.lin_right(a))
             a_p = torch.cat([a, p], dim=1)
         else:  # the same product, fused (densnet_core.channelwise), written next to a
-            a_p = a.new_empty((a.shape[0], a.shape[1] + self.product.irreps_out.dim))
-            a_p[:, : a.shape[1]] = a
-            fused_product(self.product)(
-                self.lin_left(x), self.lin_right(a), self.product.weight, out=a_p[:, a.shape[1] :]
+            a_p = fused_product(self.product).after(
+                a, self.lin_left(x), self.lin_right(a), self.product.weight
             )
         if not self.element_self_interaction:
             si = self.self_interaction(x)

@@ -182,13 +182,11 @@ class _Group(nn.Module):
     def forward(self, layer: Any, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """(n, irreps_in) features and (n, A irreps) neighbour density -> (n, len(columns))."""
         gate = layer.gate
-        a_p = a.new_empty((a.shape[0], a.shape[1] + self.product.irreps_out.dim))
-        a_p[:, : a.shape[1]] = a
-        fused_product(self.product)(
+        a_p = fused_product(self.product).after(
+            a,
             layer.lin_left(x),
             layer.lin_right(a),
             layer.product.weight.index_select(0, self.product_weight_index),
-            out=a_p[:, a.shape[1] :],
         )
         y = self.lin_out(
             a_p, layer.lin_out.weight.index_select(0, self.lin_out_weight_index)

@@ -55,6 +55,11 @@ def test_equals_e3nn(irreps1: str, irreps2: str, l_max: int) -> None:
     fused(x1, x2, weight, out=buf[:, 5:])
     torch.testing.assert_close(buf[:, 5:], ref, rtol=0, atol=1e-12)
     assert (buf[:, :5] == 9.0).all()
+    # after a prefix: the concatenation, without the copy
+    prefix = torch.randn(7, 4)
+    torch.testing.assert_close(
+        fused.after(prefix, x1, x2, weight), torch.cat([prefix, ref], dim=1), rtol=0, atol=1e-12
+    )
     # float32 inputs use float32 constants
     got32 = fused(x1.float(), x2.float(), weight.float())
     assert got32.dtype == torch.float32
