@@ -246,6 +246,10 @@ class Predictor:
     ensemble_mode
         For ensembles: ``"auto"`` (vmap over members, loop if vmap fails), ``"vmap"`` or
         ``"loop"``.
+    retain_memory
+        Keep freed memory in the process for the next batch
+        (:func:`densnet_core.allocator.retain_freed_memory`, a process-wide glibc setting;
+        forward passes are a sixth faster without the page faults).
 
     Attributes
     ----------
@@ -287,14 +291,18 @@ class Predictor:
         batch_size: int = 64,
         threads: int | None = None,
         ensemble_mode: str = "auto",
+        retain_memory: bool = True,
     ) -> None:
         import torch
 
+        from densnet_core.allocator import retain_freed_memory
         from densnet_core.ensemble import Ensemble, is_ensemble_dir, load_ensemble
         from densnet_core.featurize import get_featurizer
         from densnet_core.modelio import load_model
         from densnet_core.ood import OODCriteria, complete_domain
 
+        if retain_memory:
+            retain_freed_memory()
         self.threads = None if threads is None else max(1, int(threads))
         if self.threads is not None:
             torch.set_num_threads(self.threads)
@@ -1007,6 +1015,8 @@ def predict_rows_parallel(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    from densnet_core.allocator import release_freed_memory
+
     global _WORKER_PREDICTOR
     rows = list(rows)
     total = len(rows)
@@ -1031,6 +1041,7 @@ def predict_rows_parallel(
     if "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")
         _WORKER_PREDICTOR = predictor  # inherited by the forked workers
+        release_freed_memory()  # no copy-on-write of this process's freed blocks
         init: Any = None
         initargs: tuple[Any, ...] = ()
     else:  # pragma: no cover - not Linux
