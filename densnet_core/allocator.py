@@ -5,8 +5,10 @@ frees tensors of 10-100 MB (per-edge radial weights and neighbour tables). glibc
 allocation above its mmap threshold (at most 32 MB, adjusted at run time) with a fresh
 ``mmap`` and returns it to the kernel on ``free``; the next batch then page-faults the same
 amount of zeroed memory back in. On this project's 2-core machine that page faulting took a
-sixth of the forward pass (1,017 ChEMBL molecules on one thread: 43.5-53.4 mol/s with glibc's
-defaults, 62.6-65.3 mol/s with the settings below; 18.6-23.3 vs 15.5-16.2 CPU-s).
+quarter of the forward pass: 1,017 ChEMBL molecules on one thread, three alternating pairs of
+fresh processes, gave 43.2-49.6 mol/s (20.5-23.4 CPU-s) with glibc's defaults and
+59.0-72.3 mol/s (14.1-17.2 CPU-s) with the settings below, the other core idle; 40.4-46.9 vs
+56.6-66.7 mol/s with a training job on the other core.
 
 :func:`retain_freed_memory` raises the mmap and trim thresholds, so large blocks come from
 the heap and stay there once freed: the process keeps its peak footprint instead of

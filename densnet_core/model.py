@@ -78,7 +78,6 @@ from densnet_core.graph import (
     radius_graph,
     reverse_edges,
 )
-from densnet_core.radial_table import CubicRadialTable
 from densnet_core.readout import ElementReadout
 from densnet_core.self_interaction import element_self_interaction
 
@@ -279,20 +278,12 @@ class EdgeGeometry:
     sh_t
         Per l = 0..lmax: (A, 2l + 1, K) spherical harmonics Y^l of every edge direction in the
         neighbour table (transposed, contiguous), zeros in the unused slots.
-    distance
-        (E,) edge lengths in bohr, or None.
-    basis
-        The :class:`RadialBasis` that gave ``radial``, or None. With ``distance``, the blocks
-        may evaluate their radial weights from a table (:class:`EdgeDensity`, without
-        autograd).
     """
 
     src: torch.Tensor
     radial: torch.Tensor
     table: NeighbourTable
     sh_t: tuple[torch.Tensor, ...]
-    distance: torch.Tensor | None = None
-    basis: RadialBasis | None = None
 
     @classmethod
     def build(
@@ -301,26 +292,15 @@ class EdgeGeometry:
         edge_sh: torch.Tensor,
         edge_radial: torch.Tensor,
         n_atoms: int,
-        *,
-        distance: torch.Tensor | None = None,
-        basis: RadialBasis | None = None,
     ) -> EdgeGeometry:
-        """From edge_index (2, E), edge_sh (E, (lmax+1)^2) and edge_radial (E, n_radial);
-        optionally the (E,) distances and the basis that gave ``edge_radial``."""
+        """From edge_index (2, E), edge_sh (E, (lmax+1)^2) and edge_radial (E, n_radial)."""
         table = neighbour_table(edge_index[1], n_atoms)
         padded = table.pad(edge_sh)
         lmax = math.isqrt(edge_sh.shape[1]) - 1
         sh_t = tuple(
             padded[:, :, l * l : (l + 1) ** 2].transpose(1, 2).contiguous() for l in range(lmax + 1)
         )
-        return cls(
-            src=edge_index[0],
-            radial=edge_radial,
-            table=table,
-            sh_t=sh_t,
-            distance=distance,
-            basis=basis,
-        )
+        return cls(src=edge_index[0], radial=edge_radial, table=table, sh_t=sh_t)
 
 
 class EdgeDensity(nn.Module):
@@ -364,55 +344,12 @@ class EdgeDensity(nn.Module):
         self.lin = o3.Linear(o3.Irreps(f"{n_scalars}x0e"), o3.Irreps(f"{n_ch}x0e"))
         self.radial = FullyConnectedNet([n_radial, radial_hidden, n_ch], torch.nn.functional.silu)
         self.norm = 1.0 / math.sqrt(float(avg_num_neighbors))
-        self._radial_table: tuple[tuple[object, ...], CubicRadialTable] | None = None
-
-    def radial_weights(self, edges: EdgeGeometry) -> torch.Tensor:
-        """(E, n_ch) radial weights w(r) of the batch's edges.
-
-        Without autograd, in float32 or coarser, and when ``edges`` carries its distances and
-        radial basis, they come from a cubic spline table of this MLP
-        (:mod:`densnet_core.radial_table`: its interpolation error is below the float32
-        rounding of the MLP itself; float64 keeps the MLP, exact to its own rounding). The
-        table is rebuilt whenever the MLP's parameters change (in place, as an optimiser step
-        or ``load_state_dict`` does, or by a move or cast), so a validation pass during
-        training never sees stale weights.
-        """
-        if (
-            torch.is_grad_enabled()
-            or edges.distance is None
-            or edges.basis is None
-            or torch.finfo(edges.distance.dtype).resolution < 1e-6
-        ):
-            return self.radial(edges.radial)
-        basis = edges.basis
-        params = list(self.radial.parameters())
-        like = params[0] if params else edges.distance
-        key = (
-            id(basis),
-            basis.cutoff,
-            basis.n_radial,
-            basis.envelope.p,
-            like.dtype,
-            like.device,
-            tuple((p.data_ptr(), p._version) for p in params),
-        )
-        cached = self._radial_table
-        if cached is None or cached[0] != key:
-            mlp = copy.deepcopy(self.radial).to(dtype=torch.float64, device="cpu")
-            table = CubicRadialTable(
-                lambda r: mlp(basis(r)),
-                cutoff_bohr=basis.cutoff,
-                dtype=like.dtype,
-                device=like.device,
-            )
-            self._radial_table = cached = (key, table)
-        return cached[1](edges.distance)
 
     def forward(self, s: torch.Tensor, edges: EdgeGeometry) -> torch.Tensor:
         """(A, n_scalars) -> (A, irreps_out), e3nn layout (per l: channel-major, then m)."""
         if len(edges.sh_t) < len(self.muls):
             raise ValueError(f"edge spherical harmonics up to l = {len(self.muls) - 1} needed")
-        w = self.radial_weights(edges)
+        w = self.radial(edges.radial)  # (E, n_ch)
         if torch.is_grad_enabled():
             g = self.lin(s)[edges.src] * w  # (E, n_ch)
             g = torch.cat([g, g.new_zeros((1, g.shape[1]))])  # + the empty slots' zero row
@@ -1297,9 +1234,7 @@ class DensityModel(nn.Module):
         edge_sh = self.spherical_harmonics(vec)
         edge_radial = self.radial_basis(r)
         x = self.embedding(node_attr)
-        edges = EdgeGeometry.build(
-            edge_index, edge_sh, edge_radial, x.shape[0], distance=r, basis=self.radial_basis
-        )
+        edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, x.shape[0])
         # the per-element inference paths (exact; autograd runs e3nn's own blocks)
         per_element = self.use_element_readout and not torch.is_grad_enabled()
         for layer in self.layers[:-1]:
