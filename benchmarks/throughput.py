@@ -207,8 +207,8 @@ def _thread_run(path: Path, rows: list[dict], batch_size: int) -> None:
     """1 process x 2 intra-op threads (in a child: thread counts are process-global)."""
     code = (
         "import pickle, sys, time, torch\n"
-        "from densnet_core.predict import Predictor, tune_malloc_for_inference\n"
-        "tune_malloc_for_inference(); torch.set_num_threads(2)\n"
+        "from densnet_core.predict import Predictor\n"
+        "torch.set_num_threads(2)\n"
         "rows = pickle.load(sys.stdin.buffer)\n"
         f"p = Predictor({str(path)!r}, batch_size={batch_size}, threads=2)\n"
         "p.predict_rows(rows[:64]); t0 = time.process_time(); w0 = time.perf_counter()\n"
@@ -382,10 +382,11 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from densnet_core.predict import read_conformer_rows, tune_malloc_for_inference
+    from densnet_core.allocator import retain_freed_memory
+    from densnet_core.predict import read_conformer_rows
     from densnet_core.settings import available_cores
 
-    tune_malloc_for_inference()  # as the CLI does
+    retain_freed_memory()  # as the CLI does (Predictor does it too)
     cores = available_cores()
     workers = args.workers or cores
     conformers = conformers_table(args.work)

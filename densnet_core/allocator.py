@@ -12,15 +12,10 @@ fresh processes, gave 43.2-49.6 mol/s (20.5-23.4 CPU-s) with glibc's defaults an
 
 :func:`retain_freed_memory` raises the mmap and trim thresholds, so large blocks come from
 the heap and stay there once freed: the process keeps its peak footprint instead of
-returning it, which is what a long batched inference run wants. It is a process-wide setting
-and a no-op where glibc is not the C library (macOS, Windows, musl).
-
-A process that forks workers should first hand the retained blocks back
-(:func:`release_freed_memory`): a forked child shares its parent's heap copy-on-write, and
-writing into an inherited free block copies every page, which costs more than the fresh pages
-it replaces (measured: the CLI's SDF path, whose main process predicts while the conformers
-are parsed and then forks its workers, ran at 65.0-70.3 mol/s with retained blocks and
-79.7-82.0 mol/s with glibc's defaults).
+returning it (~1 GB at batch size 64), which is what a batched inference run wants. It is a
+process-wide setting, inherited by forked workers, and a no-op where glibc is not the C
+library (macOS, Windows, musl). The CLI sets it before importing torch; every
+:class:`~densnet_core.predict.Predictor` sets it too, unless told not to.
 """
 
 from __future__ import annotations
@@ -30,7 +25,7 @@ import ctypes.util
 import functools
 import sys
 
-__all__ = ["release_freed_memory", "retain_freed_memory"]
+__all__ = ["retain_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -49,8 +44,6 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    libc.malloc_trim.restype = ctypes.c_int
     return libc
 
 
@@ -69,18 +62,3 @@ def retain_freed_memory() -> bool:
     ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD_BYTES) == 1
     ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, _THRESHOLD_BYTES) == 1
     return ok_mmap and ok_trim
-
-
-def release_freed_memory() -> bool:
-    """Return the heap's free blocks to the kernel now (glibc ``malloc_trim(0)``).
-
-    Call it before forking workers. The thresholds set by :func:`retain_freed_memory` stay.
-
-    Returns
-    -------
-    bool
-        True when glibc released memory, False when there was none to release or the C
-        library is not glibc.
-    """
-    libc = _glibc()
-    return bool(libc is not None and libc.malloc_trim(0) == 1)

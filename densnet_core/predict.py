@@ -84,7 +84,6 @@ __all__ = [
     "screen_file",
     "sibling_path",
     "status_counts",
-    "tune_malloc_for_inference",
     "write_molecules_table",
     "write_prediction_tables",
 ]
@@ -822,39 +821,6 @@ def write_prediction_tables(
     )
 
 
-def tune_malloc_for_inference() -> bool:
-    """Keep freed memory in the heap (glibc), so the network's big temporaries are reused.
-
-    With glibc's defaults every tensor above 32 MB (a batch of 64 drug-like molecules makes
-    several of ~100 MB per interaction block) is a fresh ``mmap``, and every page of it is
-    faulted in and zeroed again: ~1,600 page faults per molecule, ~20 % of the prediction's
-    CPU time (all of it system time). ``M_MMAP_MAX = 0`` serves large blocks from the heap and
-    a huge ``M_TRIM_THRESHOLD`` keeps the heap from being returned to the OS between batches:
-    the page faults drop ~40x. The cost is that the process keeps its peak memory (~1 GB at
-    batch size 64) until it exits, so this is for short-lived prediction processes (the CLI),
-    process-global, and inherited by forked workers.
-
-    Returns
-    -------
-    bool
-        True if glibc accepted the settings (False on other C libraries: nothing changed).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    ok = bool(mallopt(m_mmap_max, 0))
-    return bool(mallopt(m_trim_threshold, 2**31 - 1)) and ok
-
-
 def import_e3nn_without_dynamo() -> None:
     """Import e3nn without importing ``torch._dynamo`` (1.5-3 s of CPU time saved).
 
@@ -1015,8 +981,6 @@ def predict_rows_parallel(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from densnet_core.allocator import release_freed_memory
-
     global _WORKER_PREDICTOR
     rows = list(rows)
     total = len(rows)
@@ -1041,7 +1005,6 @@ def predict_rows_parallel(
     if "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")
         _WORKER_PREDICTOR = predictor  # inherited by the forked workers
-        release_freed_memory()  # no copy-on-write of this process's freed blocks
         init: Any = None
         initargs: tuple[Any, ...] = ()
     else:  # pragma: no cover - not Linux

@@ -192,13 +192,10 @@ def _run_local(job: _Job, update: ProgressFn | None) -> dict[str, Any]:
         )
     except Exception as exc:
         raise fail(f"the predict run failed: {type(exc).__name__}: {exc}", code=1) from None
-    from densnet_core.predict import (
-        import_e3nn_without_dynamo,
-        screen_file,
-        tune_malloc_for_inference,
-    )
+    from densnet_core.allocator import retain_freed_memory
+    from densnet_core.predict import import_e3nn_without_dynamo, screen_file
 
-    tune_malloc_for_inference()  # a short-lived process: keep big tensors' pages (~20 % CPU)
+    retain_freed_memory()  # before torch: keep big tensors' pages for the next batch
     import torch
 
     torch.set_num_threads(job.threads)  # before any op; forked workers run 1 thread each
