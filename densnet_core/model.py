@@ -278,12 +278,22 @@ class EdgeGeometry:
     sh_t
         Per l = 0..lmax: (A, 2l + 1, K) spherical harmonics Y^l of every edge direction in the
         neighbour table (transposed, contiguous), zeros in the unused slots.
+    pair_radial, pair_of_edge, src_ext
+        With the reverse of every edge known: (P + 1, n_radial) radial basis of one edge of
+        every pair (P = E / 2) and a zero row, (E + 1,) long, the pair of every edge and P
+        (the zero row) last, and (E + 1,) long, ``src`` and a 0. A function of the edge length
+        is then evaluated once per pair, and the extra row gives the zero row that the
+        neighbour table's empty slots read (:class:`EdgeDensity`); otherwise all three are
+        None.
     """
 
     src: torch.Tensor
     radial: torch.Tensor
     table: NeighbourTable
     sh_t: tuple[torch.Tensor, ...]
+    pair_radial: torch.Tensor | None = None
+    pair_of_edge: torch.Tensor | None = None
+    src_ext: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -292,15 +302,38 @@ class EdgeGeometry:
         edge_sh: torch.Tensor,
         edge_radial: torch.Tensor,
         n_atoms: int,
+        *,
+        reverse: torch.Tensor | None = None,
     ) -> EdgeGeometry:
-        """From edge_index (2, E), edge_sh (E, (lmax+1)^2) and edge_radial (E, n_radial)."""
+        """From edge_index (2, E), edge_sh (E, (lmax+1)^2) and edge_radial (E, n_radial);
+        ``reverse`` (E,) long, the index of every edge's reverse
+        (:func:`~densnet_core.graph.reverse_edges`), enables the per-pair evaluation."""
         table = neighbour_table(edge_index[1], n_atoms)
         padded = table.pad(edge_sh)
         lmax = math.isqrt(edge_sh.shape[1]) - 1
         sh_t = tuple(
             padded[:, :, l * l : (l + 1) ** 2].transpose(1, 2).contiguous() for l in range(lmax + 1)
         )
-        return cls(src=edge_index[0], radial=edge_radial, table=table, sh_t=sh_t)
+        src = edge_index[0]
+        pair_radial = pair_of_edge = src_ext = None
+        if reverse is not None:
+            edge = torch.arange(reverse.shape[0], device=reverse.device)
+            first = torch.minimum(edge, reverse)  # the pair's edge with the lower index
+            keep = first == edge
+            pair_of_edge = (torch.cumsum(keep, 0) - 1).index_select(0, first)
+            pair_of_edge = torch.cat([pair_of_edge, keep.sum().reshape(1)])  # + P: zero row
+            zero = edge_radial.new_zeros((1, edge_radial.shape[1]))
+            pair_radial = torch.cat([edge_radial[keep], zero])
+            src_ext = torch.cat([src, src.new_zeros(1)])
+        return cls(
+            src=src,
+            radial=edge_radial,
+            table=table,
+            sh_t=sh_t,
+            pair_radial=pair_radial,
+            pair_of_edge=pair_of_edge,
+            src_ext=src_ext,
+        )
 
 
 class EdgeDensity(nn.Module):
@@ -349,14 +382,14 @@ class EdgeDensity(nn.Module):
         """(A, n_scalars) -> (A, irreps_out), e3nn layout (per l: channel-major, then m)."""
         if len(edges.sh_t) < len(self.muls):
             raise ValueError(f"edge spherical harmonics up to l = {len(self.muls) - 1} needed")
-        w = self.radial(edges.radial)  # (E, n_ch)
-        if torch.is_grad_enabled():
-            g = self.lin(s)[edges.src] * w  # (E, n_ch)
+        if edges.pair_of_edge is None:
+            g = self.lin(s)[edges.src] * self.radial(edges.radial)  # (E, n_ch)
             g = torch.cat([g, g.new_zeros((1, g.shape[1]))])  # + the empty slots' zero row
-        else:  # the same, written straight into a buffer with the zero row
-            g = w.new_empty((w.shape[0] + 1, w.shape[1]))
-            torch.mul(self.lin(s).index_select(0, edges.src), w, out=g[:-1])
-            g[-1].zero_()
+        else:
+            # w depends on the length alone: once per pair, then to both directions; the
+            # MLP has no biases, so the extra zero row of pair_radial gives the zero row
+            w = self.radial(edges.pair_radial).index_select(0, edges.pair_of_edge)
+            g = self.lin(s).index_select(0, edges.src_ext) * w  # (E + 1, n_ch)
         gp = edges.table.gather(g)  # (A, K, n_ch)
         n_atoms = s.shape[0]
         parts = []
@@ -814,6 +847,8 @@ class ChargeTransfer(nn.Module):
         r: torch.Tensor,
         radial: torch.Tensor,
         cutoff_bohr: float,
+        *,
+        reverse: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Net electrons flowing into every atom, (A,) e; they sum to zero per molecule.
 
@@ -829,6 +864,9 @@ class ChargeTransfer(nn.Module):
             (E, n_radial) radial basis of ``r``.
         cutoff_bohr
             Cutoff of the envelope, bohr.
+        reverse
+            (E,) long, the reverse of every edge (:func:`~densnet_core.graph.reverse_edges`;
+            computed here when not given).
         """
         s = feats.index_select(1, self._scalar_index)
         src, dst = edge_index[0], edge_index[1]
@@ -838,7 +876,7 @@ class ChargeTransfer(nn.Module):
         to_dst, from_src = per_atom.chunk(2, dim=1)
         h = torch.addmm(first.bias, radial, w[:, 2 * n :].T) + to_dst[dst] + from_src[src]
         g = self.mlp[1:](h).squeeze(1)  # g(s_dst, s_src, b) per edge
-        rev = reverse_edges(edge_index, feats.shape[0])
+        rev = reverse_edges(edge_index, feats.shape[0]) if reverse is None else reverse
         t = (g - g[rev]) * self.envelope(r / cutoff_bohr)
         return feats.new_zeros(feats.shape[0]).index_add_(0, dst, t)
 
@@ -1212,9 +1250,9 @@ class DensityModel(nn.Module):
 
     def _features_and_edges(
         self, batch: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Readout features (A, irreps_readout), edge_index (2, E), distances (E,) bohr, and
-        the radial basis (E, n_radial)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Readout features (A, irreps_readout), edge_index (2, E), distances (E,) bohr, the
+        radial basis (E, n_radial) and the reverse of every edge (E,) long."""
         numbers = batch["numbers"]
         pos = batch["positions_bohr"]
         if "edge_index" in batch:
@@ -1234,7 +1272,8 @@ class DensityModel(nn.Module):
         edge_sh = self.spherical_harmonics(vec)
         edge_radial = self.radial_basis(r)
         x = self.embedding(node_attr)
-        edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, x.shape[0])
+        rev = reverse_edges(edge_index, x.shape[0])
+        edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, x.shape[0], reverse=rev)
         # the per-element inference paths (exact; autograd runs e3nn's own blocks)
         per_element = self.use_element_readout and not torch.is_grad_enabled()
         for layer in self.layers[:-1]:
@@ -1243,7 +1282,7 @@ class DensityModel(nn.Module):
             x = self.element_readout(self.layers[-1], x, el, edges)
         else:
             x = self.layers[-1](x, node_attr, edges)
-        return x, edge_index, r, edge_radial
+        return x, edge_index, r, edge_radial, rev
 
     def forward(
         self, batch: Mapping[str, torch.Tensor], *, compute_response: bool | None = None
@@ -1270,7 +1309,7 @@ class DensityModel(nn.Module):
         do_resp = self.has_response if compute_response is None else bool(compute_response)
         if do_resp and not self.has_response:
             raise ValueError("this model has no response heads")
-        feats, edge_index, edge_r, edge_radial = self._features_and_edges(batch)
+        feats, edge_index, edge_r, edge_radial, rev = self._features_and_edges(batch)
         numbers = batch["numbers"]
         n_coef = batch["coef_mol_index"].shape[0]
         n_mol = batch["n_electrons_ref"].shape[0]
@@ -1299,7 +1338,9 @@ class DensityModel(nn.Module):
         q = batch["charge_ints"]
         cmol = batch["coef_mol_index"]
         if self.charge_transfer is not None:
-            flow = self.charge_transfer(feats, edge_index, edge_r, edge_radial, self.cutoff_bohr)
+            flow = self.charge_transfer(
+                feats, edge_index, edge_r, edge_radial, self.cutoff_bohr, reverse=rev
+            )
             delta = localise_delta_charges(delta, flow, q, batch["coef_atom_index"], prior)
         coeffs = delta if prior is None else prior + delta
         u = prior if self.count_projection == "prior" and prior is not None else None

@@ -318,6 +318,47 @@ def test_edge_density_equals_the_explicit_neighbour_sum(n_isolated):
     assert torch.equal(table.gather(with_zero_row), table.pad(vals))
 
 
+def test_edge_density_per_pair_equals_per_edge():
+    """With the reverse edges known, the radial MLP runs once per pair: the same neighbour
+    density (float64, shuffled edges, with and without autograd); both edges of a pair share
+    one row, which holds their radial basis."""
+    g = torch.Generator().manual_seed(4)
+    n = 10
+    pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * 2.0
+    ei = radius_graph(pos, torch.zeros(n, dtype=torch.long), 4.0)
+    ei = ei[:, torch.randperm(ei.shape[1], generator=g)]
+    src, dst = ei
+    vec = pos[src] - pos[dst]
+    r = vec.norm(dim=-1)
+    sh = o3.spherical_harmonics(o3.Irreps.spherical_harmonics(2), vec, True, "component")
+    radial = torch.stack([torch.sin(k * r) / r for k in (1.0, 2.0, 3.0)], dim=1)
+    edge = EdgeDensity(
+        n_scalars=4, muls=[3, 2, 2], n_radial=3, radial_hidden=5, avg_num_neighbors=3.0
+    ).double()
+    s = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    rev = reverse_edges(ei, n)
+    per_edge = EdgeGeometry.build(ei, sh, radial, n)
+    per_pair = EdgeGeometry.build(ei, sh, radial, n, reverse=rev)
+    assert per_edge.pair_of_edge is None
+    n_pairs = ei.shape[1] // 2
+    assert per_pair.pair_radial.shape == (n_pairs + 1, 3)
+    pair = per_pair.pair_of_edge[:-1]
+    assert torch.equal(pair, pair[rev])
+    assert len(set(pair.tolist())) == n_pairs
+    torch.testing.assert_close(per_pair.pair_radial[pair], radial, atol=1e-14, rtol=0)
+    # the empty slots' row: a zero radial basis, read by the extra entry
+    assert int(per_pair.pair_of_edge[-1]) == n_pairs
+    assert torch.count_nonzero(per_pair.pair_radial[-1]) == 0
+    assert torch.equal(per_pair.src_ext[:-1], src)
+    assert torch.count_nonzero(edge.radial(per_pair.pair_radial[-1:])) == 0  # no biases
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            want = edge(s, per_edge)
+            got = edge(s, per_pair)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert want.abs().max() > 1e-3
+
+
 def test_edge_geometry_without_edges():
     """A lone atom has no edges: an empty (A, 0) table and a zero neighbour density."""
     ei = torch.zeros((2, 0), dtype=torch.long)
