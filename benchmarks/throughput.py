@@ -382,11 +382,9 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from densnet_core.allocator import retain_freed_memory
     from densnet_core.predict import read_conformer_rows
     from densnet_core.settings import available_cores
 
-    retain_freed_memory()  # as the CLI does (Predictor does it too)
     cores = available_cores()
     workers = args.workers or cores
     conformers = conformers_table(args.work)
