@@ -28,7 +28,12 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from densnet_core.channelwise import fused_product
+from densnet_core.component_major import (
+    ComponentMajorLinear,
+    ComponentMajorProduct,
+    from_e3nn,
+    to_e3nn,
+)
 
 __all__ = ["ElementReadout", "weight_offsets"]
 
@@ -148,21 +153,12 @@ class _Group(nn.Module):
             persistent=False,
         )
 
-        # gate: the gate scalar of every component of the kept gated blocks
-        copy0 = [0]
+        # gate: block b of the gated irreps is scaled by gates gate_start[b] : + its mul
+        self.gate_start = [0]
         for mul, _ in gated:
-            copy0.append(copy0[-1] + mul)
-        gate_cols = [
-            torch.arange(copy0[b], copy0[b + 1]).repeat_interleave(gated[b][1].dim) for b in kept_g
-        ]
-        self.register_buffer("gate_columns", _index([]) if not gate_cols else torch.cat(gate_cols))
-        self.n_scalars, self.n_gates = ns, ng
-
-        # columns of the readout features (scalars, then the gated blocks) this group fills
-        sl = gated.slices()
-        self.register_buffer(
-            "columns", _index([(0, ns)] + [(ns + sl[b].start, ns + sl[b].stop) for b in kept_g])
-        )
+            self.gate_start.append(self.gate_start[-1] + mul)
+        self.kept_gated = kept_g
+        self.n_scalars = ns
 
     @staticmethod
     def _linear_index(
@@ -180,24 +176,56 @@ class _Group(nn.Module):
         return _index(ranges)
 
     def forward(self, layer: Any, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """(n, irreps_in) features and (n, A irreps) neighbour density -> (n, len(columns))."""
+        """(n, irreps_in) features and (n, A irreps) neighbour density -> (n, irreps_out):
+        the readout features, zero on the blocks this group does not read.
+
+        Evaluated on component-major blocks (:mod:`densnet_core.component_major`): the
+        product's per-channel weights are folded into ``lin_out``, and the only copies are
+        the conversions of the inputs and of the result.
+        """
+        n = x.shape[0]
+        cm = self._component_major(layer)
+        xb = from_e3nn(x, layer.irreps_in)
+        ab = from_e3nn(a, layer.edge.irreps_out)
+        left = torch.cat(cm["lin_left"](xb, layer.lin_left.weight), dim=0)
+        right = cm["lin_right"](ab, layer.lin_right.weight)
+        p = cm["product"](left, right, n)
+        w_prod = layer.product.weight.index_select(0, self.product_weight_index)
+        scale = {len(ab) + o: w for o, w in cm["product"].channel_weights(w_prod).items()}
+        si = cm["self_interaction"](
+            xb, layer.self_interaction.weight.index_select(0, self.self_interaction_weight_index)
+        )
+        y = cm["lin_out"](
+            ab + p,
+            layer.lin_out.weight.index_select(0, self.lin_out_weight_index),
+            scale=scale,
+            add=si,
+        )
         gate = layer.gate
-        a_p = fused_product(self.product).after(
-            a,
-            layer.lin_left(x),
-            layer.lin_right(a),
-            layer.product.weight.index_select(0, self.product_weight_index),
-        )
-        y = self.lin_out(
-            a_p, layer.lin_out.weight.index_select(0, self.lin_out_weight_index)
-        ) + self.self_interaction(
-            x, layer.self_interaction.weight.index_select(0, self.self_interaction_weight_index)
-        )
-        ns, ng = self.n_scalars, self.n_gates
-        scalars = gate.act_scalars(y[:, :ns])
-        gates = gate.act_gates(y[:, ns : ns + ng])
-        gated = y[:, ns + ng :] * gates.index_select(1, self.gate_columns)
-        return torch.cat([scalars, gated], dim=1)
+        ns = self.n_scalars
+        y0 = y[0]  # (n, scalars + gates)
+        gates = gate.act_gates(y0[:, ns:])
+        blocks: list[torch.Tensor | None] = [gate.act_scalars(y0[:, :ns])]
+        blocks += [None] * len(gate.irreps_gated)
+        for k, b in enumerate(self.kept_gated):
+            mul, ir = gate.irreps_gated[b]
+            g = gates[:, self.gate_start[b] : self.gate_start[b] + mul]
+            blocks[1 + b] = (y[1 + k].view(ir.dim, n, mul) * g).view(ir.dim * n, mul)
+        return to_e3nn(blocks, gate.irreps_out, n)
+
+    def _component_major(self, layer: Any) -> dict[str, Any]:
+        """The block's maps on component-major blocks (built on first use, kept)."""
+        cm = self.__dict__.get("_cm")
+        if cm is None:
+            cm = {
+                "lin_left": ComponentMajorLinear(layer.lin_left),
+                "lin_right": ComponentMajorLinear(layer.lin_right),
+                "product": ComponentMajorProduct(self.product),
+                "lin_out": ComponentMajorLinear(self.lin_out),
+                "self_interaction": ComponentMajorLinear(self.self_interaction),
+            }
+            self.__dict__["_cm"] = cm
+        return cm
 
 
 class ElementReadout(nn.Module):
@@ -280,13 +308,7 @@ class ElementReadout(nn.Module):
             if idx.numel() == 0:
                 continue
             xg, ag = x.index_select(0, idx), a.index_select(0, idx)
-            if group is None:
-                values.append(layer.update(xg, ag, None))
-            else:
-                part = group(layer, xg, ag)
-                values.append(
-                    part.new_zeros((idx.numel(), self.dim)).index_copy(1, group.columns, part)
-                )
+            values.append(layer.update(xg, ag, None) if group is None else group(layer, xg, ag))
             rows.append(idx)
         idx = torch.cat(rows)
         return x.new_zeros((x.shape[0], self.dim)).index_copy(0, idx, torch.cat(values))

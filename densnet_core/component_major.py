@@ -1,0 +1,263 @@
+"""Equivariant linear maps and channel-wise products on component-major feature blocks.
+
+e3nn stores a block of ``mul`` copies of an irrep of dimension ``d`` channel-major: an atom's
+features are ``(mul, d)`` flattened. Every ``o3.Linear`` instruction then contracts over the
+channel index in the middle, which e3nn's generated code does as an einsum that copies its
+input into a matrix layout and its output back; the fused channel-wise product
+(:mod:`densnet_core.channelwise`) copies its results into the output columns the same way. On
+the readout block of the ``wide`` preset these copies were ~40 % of the block's time.
+
+Here a block is held **component-major**: a ``(d * n, mul)`` matrix whose row ``i * n + a`` is
+component ``i`` of atom ``a`` (a ``(d, n, mul)`` array). Then
+
+- a linear map of one block is one matrix product ``X @ W`` of the block, with no copy (rows
+  of every component share the weights), accumulated over the input blocks of each output;
+- the channel-wise product of a ``(D1, n * mul)`` left factor and a ``(d2, n * mul)`` right
+  block is one matrix product ``M.T @ outer`` of every path's Clebsch-Gordan constants with
+  their outer product, and its result rows are the output blocks, already component-major.
+
+Only the conversion into and out of this layout copies (once per block). The numbers are those
+of the e3nn modules, evaluated with their own weights (``tests/core/test_readout.py`` checks
+the readout block built on this against e3nn's full block in float64). Used without autograd
+(inference); training runs e3nn's modules.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from e3nn import o3
+
+from densnet_core.channelwise import FusedChannelwiseProduct
+
+__all__ = ["ComponentMajorLinear", "ComponentMajorProduct", "from_e3nn", "to_e3nn"]
+
+Blocks = list[torch.Tensor]
+
+
+def from_e3nn(x: torch.Tensor, irreps: o3.Irreps) -> Blocks:
+    """Split e3nn-layout features into component-major blocks.
+
+    Parameters
+    ----------
+    x
+        (n, irreps.dim) features in e3nn's layout.
+    irreps
+        Their irreps.
+
+    Returns
+    -------
+    list of torch.Tensor
+        Per block of ``irreps``: (d * n, mul). Scalar blocks are views of ``x`` (no copy).
+    """
+    n = x.shape[0]
+    out = []
+    for (mul, ir), sl in zip(irreps, irreps.slices(), strict=True):
+        block = x[:, sl]
+        if ir.dim == 1:
+            out.append(block)
+        else:
+            out.append(block.reshape(n, mul, ir.dim).permute(2, 0, 1).reshape(ir.dim * n, mul))
+    return out
+
+
+def to_e3nn(blocks: Sequence[torch.Tensor | None], irreps: o3.Irreps, n: int) -> torch.Tensor:
+    """Join component-major blocks into e3nn-layout features (missing blocks as zeros).
+
+    Parameters
+    ----------
+    blocks
+        Per block of ``irreps``: (d * n, mul), or None for a block of zeros.
+    irreps
+        Their irreps.
+    n
+        Number of atoms.
+
+    Returns
+    -------
+    torch.Tensor
+        (n, irreps.dim).
+    """
+    like = next(b for b in blocks if b is not None)
+    parts = []
+    for (mul, ir), block in zip(irreps, blocks, strict=True):
+        if block is None:
+            parts.append(like.new_zeros((n, mul * ir.dim)))
+        elif ir.dim == 1:
+            parts.append(block)
+        else:
+            parts.append(block.reshape(ir.dim, n, mul).permute(1, 2, 0).reshape(n, mul * ir.dim))
+    return torch.cat(parts, dim=1)
+
+
+class ComponentMajorLinear:
+    """An ``o3.Linear``'s instructions, evaluated on component-major blocks.
+
+    Parameters
+    ----------
+    linear
+        The ``o3.Linear`` whose instructions (and weight layout) to follow; its weights are
+        passed at every call (its own, or a slice of a larger module's in the same order).
+
+    Raises
+    ------
+    ValueError
+        For a linear map with biases.
+    """
+
+    def __init__(self, linear: Any) -> None:
+        if any(ins.i_in == -1 for ins in linear.instructions):
+            raise ValueError("biases are not supported")
+        self.irreps_in = linear.irreps_in
+        self.irreps_out = linear.irreps_out
+        # per output block: (input block, weight start, mul_in, mul_out, path weight)
+        self.paths: list[list[tuple[int, int, int, int, float]]] = [[] for _ in linear.irreps_out]
+        start = 0
+        for ins in linear.instructions:
+            mul_in, mul_out = ins.path_shape
+            self.paths[ins.i_out].append(
+                (ins.i_in, start, int(mul_in), int(mul_out), float(ins.path_weight))
+            )
+            start += mul_in * mul_out
+        self.weight_numel = start
+
+    def __call__(
+        self,
+        blocks: Sequence[torch.Tensor | None],
+        weight: torch.Tensor,
+        *,
+        scale: Mapping[int, torch.Tensor] | None = None,
+        add: Sequence[torch.Tensor | None] | None = None,
+    ) -> list[torch.Tensor | None]:
+        """The linear map.
+
+        Parameters
+        ----------
+        blocks
+            Per input block: (d * n, mul_in), or None for a block of zeros.
+        weight
+            (weight_numel,) flat weights in the module's order.
+        scale
+            Optional per-channel factors of input blocks, {block: (mul_in,)}: the block is
+            read as ``block * scale[block]`` (folded into the weights, not applied to the block).
+        add
+            Optional per output block: a (d * n, mul_out) term to add (or None).
+
+        Returns
+        -------
+        list
+            Per output block: (d * n, mul_out), or None where no input reaches it.
+        """
+        if weight.shape[-1] != self.weight_numel:
+            raise ValueError(f"{weight.shape[-1]} weights for a map with {self.weight_numel}")
+        out: list[torch.Tensor | None] = []
+        for o, paths in enumerate(self.paths):
+            acc = None if add is None else add[o]
+            for i_in, start, mul_in, mul_out, pw in paths:
+                x = blocks[i_in]
+                if x is None:
+                    continue
+                w = weight[start : start + mul_in * mul_out].view(mul_in, mul_out) * pw
+                if scale is not None and i_in in scale:
+                    w = w * scale[i_in].unsqueeze(1)
+                acc = x @ w if acc is None else acc.addmm(x, w)
+            out.append(acc)
+        return out
+
+
+class ComponentMajorProduct:
+    """A channel-wise (``"uuu"``) ``o3.TensorProduct`` on component-major blocks.
+
+    Parameters
+    ----------
+    tp
+        The tensor product (every instruction ``"uuu"`` with weights; one multiplicity), as
+        accepted by :class:`~densnet_core.channelwise.FusedChannelwiseProduct`.
+
+    Notes
+    -----
+    The per-channel path weights are *not* applied: :meth:`channel_weights` returns them per
+    output block, for the caller to fold into the linear map that follows.
+    """
+
+    def __init__(self, tp: Any) -> None:
+        fused = FusedChannelwiseProduct(tp)
+        self.mul = fused.mul
+        self.irreps_out = tp.irreps_out
+        in1 = tp.irreps_in1
+        # rows of each left block in the stacked (D1, n * mul) left factor
+        row, self.left_rows = 0, []
+        for _, ir in in1:
+            self.left_rows.append((row, row + ir.dim))
+            row += ir.dim
+        self.groups = []
+        for g in fused.groups:
+            rows = [self.left_rows[b] for b in _blocks_of(in1, g["in1"])]
+            if any(a1 != b0 for (_, b0), (a1, _) in itertools.pairwise(rows)):
+                raise ValueError("a path group reads non-adjacent left blocks")
+            self.groups.append(
+                {
+                    "left": (rows[0][0], rows[-1][1]),
+                    "right": _block_index(tp.irreps_in2, g["in2"]),
+                    "matrix_t": g["matrix"].T.contiguous(),  # (n_cols, D1 * d2), float64
+                }
+            )
+        self.outputs = fused.outputs  # per output block: (group, first row, end row)
+        # weights of each output block's instruction in the flat weight vector
+        self.weight_start = [0] * len(tp.irreps_out)
+        for k, ins in enumerate(tp.instructions):
+            self.weight_start[ins.i_out] = k * self.mul
+        self._cast: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+
+    def _matrices(self, like: torch.Tensor) -> list[torch.Tensor]:
+        key = (like.dtype, like.device)
+        if key not in self._cast:
+            self._cast[key] = [
+                g["matrix_t"].to(dtype=like.dtype, device=like.device) for g in self.groups
+            ]
+        return self._cast[key]
+
+    def channel_weights(self, weight: torch.Tensor) -> dict[int, torch.Tensor]:
+        """{output block: (mul,) its per-channel weights} from the flat (weight_numel,)."""
+        return {o: weight[s : s + self.mul] for o, s in enumerate(self.weight_start)}
+
+    def __call__(self, left: torch.Tensor, right: Sequence[torch.Tensor], n: int) -> Blocks:
+        """The product without its per-channel weights.
+
+        Parameters
+        ----------
+        left
+            (D1 * n, mul) contiguous: the first input's blocks stacked component-major (rows
+            of block ``b`` at ``left_rows[b]`` times n).
+        right
+            Per block of the second input: (d2 * n, mul) contiguous.
+        n
+            Number of atoms.
+
+        Returns
+        -------
+        list of torch.Tensor
+            Per output block: (d3 * n, mul), views of one result per path group.
+        """
+        n_mul = n * self.mul
+        lhs = left.view(-1, n_mul)  # (D1, n * mul)
+        results = []
+        for g, m_t in zip(self.groups, self._matrices(left), strict=True):
+            a, b = g["left"]
+            r = right[g["right"]].view(-1, n_mul)  # (d2, n * mul)
+            outer = (lhs[a:b].unsqueeze(1) * r.unsqueeze(0)).reshape(-1, n_mul)
+            results.append(m_t @ outer)  # (n_cols, n * mul)
+        return [results[g][c0:c1].view(-1, self.mul) for g, c0, c1 in self.outputs]
+
+
+def _blocks_of(irreps: o3.Irreps, spans: Sequence[tuple[int, int, int]]) -> list[int]:
+    """Indices of the blocks of ``irreps`` whose (start, stop) are in ``spans``."""
+    starts = [sl.start for sl in irreps.slices()]
+    return [starts.index(a) for a, _, _ in spans]
+
+
+def _block_index(irreps: o3.Irreps, span: tuple[int, int, int]) -> int:
+    return [sl.start for sl in irreps.slices()].index(span[0])
