@@ -261,3 +261,63 @@ def _blocks_of(irreps: o3.Irreps, spans: Sequence[tuple[int, int, int]]) -> list
 
 def _block_index(irreps: o3.Irreps, span: tuple[int, int, int]) -> int:
     return [sl.start for sl in irreps.slices()].index(span[0])
+
+
+def gate_blocks(
+    gate: Any, y: Sequence[torch.Tensor | None], gated: Sequence[int], n: int
+) -> list[torch.Tensor | None]:
+    """e3nn's ``Gate`` on component-major blocks.
+
+    Parameters
+    ----------
+    gate
+        The ``e3nn.nn.Gate`` (input: one block of scalars and gates, then the gated blocks).
+    y
+        Component-major blocks of (a part of) the gate's input: ``y[0]`` (n, scalars + gates),
+        then ``y[1 + k]`` the gated block ``gated[k]``.
+    gated
+        Index in ``gate.irreps_gated`` of each block after the first.
+    n
+        Number of atoms.
+
+    Returns
+    -------
+    list
+        Per block of ``gate.irreps_out``: (d * n, mul), None for gated blocks not given.
+    """
+    ns = gate.irreps_scalars.dim
+    starts = [0]
+    for mul, _ in gate.irreps_gated:
+        starts.append(starts[-1] + mul)
+    y0 = y[0]
+    if y0 is None:
+        raise ValueError("the gate needs its scalars")
+    gates = gate.act_gates(y0[:, ns:])
+    out: list[torch.Tensor | None] = [gate.act_scalars(y0[:, :ns])]
+    out += [None] * len(gate.irreps_gated)
+    for k, b in enumerate(gated):
+        block = y[1 + k]
+        if block is None:
+            continue
+        mul, ir = gate.irreps_gated[b]
+        g = gates[:, starts[b] : starts[b] + mul]
+        out[1 + b] = (block.view(ir.dim, n, mul) * g).view(ir.dim * n, mul)
+    return out
+
+
+def simple_gate(gate: Any) -> bool:
+    """True when the gate's input is one block of 0e scalars and gates, then the gated blocks
+    (what :func:`gate_blocks` handles; the model's gates are built so)."""
+    ns, ng = gate.irreps_scalars.dim, gate.irreps_gates.dim
+    return (
+        gate.irreps_scalars == o3.Irreps(f"{ns}x0e")
+        and o3.Irreps(f"{ns + ng}x0e") + gate.irreps_gated == gate.irreps_in
+    )
+
+
+def rows_of(block: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """The rows of atoms ``idx`` (m,) of a (d * n, mul) block: (d * m, mul)."""
+    d = block.shape[0] // n
+    if d == 1:
+        return block.index_select(0, idx)
+    return block.view(d, n, block.shape[1]).index_select(1, idx).view(d * idx.numel(), -1)

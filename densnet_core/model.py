@@ -69,6 +69,12 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
 from densnet_core.channelwise import fused_product
+from densnet_core.component_major import (
+    ComponentMajorLinear,
+    ComponentMajorProduct,
+    gate_blocks,
+    simple_gate,
+)
 from densnet_core.graph import (
     MoleculeInput,
     NeighbourTable,
@@ -79,7 +85,10 @@ from densnet_core.graph import (
     reverse_edges,
 )
 from densnet_core.readout import ElementReadout
-from densnet_core.self_interaction import element_self_interaction
+from densnet_core.self_interaction import (
+    element_self_interaction,
+    element_self_interaction_blocks,
+)
 
 __all__ = [
     "PRESETS",
@@ -380,6 +389,24 @@ class EdgeDensity(nn.Module):
 
     def forward(self, s: torch.Tensor, edges: EdgeGeometry) -> torch.Tensor:
         """(A, n_scalars) -> (A, irreps_out), e3nn layout (per l: channel-major, then m)."""
+        n_atoms = s.shape[0]
+        parts = [
+            a_l.transpose(1, 2).reshape(n_atoms, a_l.shape[1] * a_l.shape[2])
+            for a_l in self._per_l(s, edges)
+        ]
+        return torch.cat(parts, dim=1) * self.norm
+
+    def blocks(self, s: torch.Tensor, edges: EdgeGeometry) -> list[torch.Tensor]:
+        """(A, n_scalars) -> per block of irreps_out: (d * A, mul), component-major
+        (:mod:`densnet_core.component_major`): the same numbers as :meth:`forward`."""
+        out = []
+        for a_l in self._per_l(s, edges):
+            d, mul = a_l.shape[1], a_l.shape[2]
+            out.append(a_l.transpose(0, 1).contiguous().view(d * s.shape[0], mul).mul_(self.norm))
+        return out
+
+    def _per_l(self, s: torch.Tensor, edges: EdgeGeometry) -> list[torch.Tensor]:
+        """Per l with channels: the neighbour sum (A, 2l + 1, mul), before the 1/sqrt norm."""
         if len(edges.sh_t) < len(self.muls):
             raise ValueError(f"edge spherical harmonics up to l = {len(self.muls) - 1} needed")
         if edges.pair_of_edge is None:
@@ -391,16 +418,14 @@ class EdgeDensity(nn.Module):
             w = self.radial(edges.pair_radial).index_select(0, edges.pair_of_edge)
             g = self.lin(s).index_select(0, edges.src_ext) * w  # (E + 1, n_ch)
         gp = edges.table.gather(g)  # (A, K, n_ch)
-        n_atoms = s.shape[0]
-        parts = []
+        out = []
         c0 = 0
         for l, mul in enumerate(self.muls):
             if mul:
-                # (A, 2l + 1, K) @ (A, K, mul) -> (A, 2l + 1, mul) -> e3nn's channel-major layout
-                a_l = torch.bmm(edges.sh_t[l], gp[:, :, c0 : c0 + mul]).transpose(1, 2)
-                parts.append(a_l.reshape(n_atoms, mul * (2 * l + 1)))
+                # (A, 2l + 1, K) @ (A, K, mul) -> (A, 2l + 1, mul)
+                out.append(torch.bmm(edges.sh_t[l], gp[:, :, c0 : c0 + mul]))
             c0 += mul
-        return torch.cat(parts, dim=1) * self.norm
+        return out
 
 
 class Interaction(nn.Module):
@@ -552,6 +577,51 @@ class Interaction(nn.Module):
         out = self.lin_out(a_p) + si
         out = self.gate(out)
         return out + x if self.residual else out
+
+    def update_component_major(
+        self,
+        x: list[torch.Tensor],
+        a: list[torch.Tensor],
+        atoms_by_element: list[tuple[int, torch.Tensor]],
+        order: torch.Tensor,
+    ) -> list[torch.Tensor | None]:
+        """:meth:`update` with the element self-interaction, on component-major blocks
+        (:mod:`densnet_core.component_major`; inference only).
+
+        Parameters
+        ----------
+        x, a
+            Per block of ``irreps_in`` and of the neighbour density: (d * A, mul).
+        atoms_by_element, order
+            The atoms of every element present, as for
+            :func:`~densnet_core.self_interaction.element_self_interaction_blocks`.
+
+        Returns
+        -------
+        list
+            Per block of ``irreps_out``: (d * A, mul).
+        """
+        n = order.shape[0]
+        cm = self.__dict__.get("_component_major")
+        if cm is None:
+            cm = {
+                "lin_left": ComponentMajorLinear(self.lin_left),
+                "lin_right": ComponentMajorLinear(self.lin_right),
+                "product": ComponentMajorProduct(self.product),
+                "lin_out": ComponentMajorLinear(self.lin_out),
+            }
+            self.__dict__["_component_major"] = cm
+        left = torch.cat(cm["lin_left"](x, self.lin_left.weight), dim=0)
+        right = cm["lin_right"](a, self.lin_right.weight)
+        p = cm["product"](left, right, n)
+        channel_weights = cm["product"].channel_weights(self.product.weight)
+        scale = {len(a) + o: w for o, w in channel_weights.items()}
+        si = element_self_interaction_blocks(self.self_interaction, x, atoms_by_element, order)
+        y = cm["lin_out"](a + p, self.lin_out.weight, scale=scale, add=si)
+        out = gate_blocks(self.gate, y, list(range(len(self.gate.irreps_gated))), n)
+        if self.residual:
+            out = [xb if o is None else o + xb for o, xb in zip(out, x, strict=True)]
+        return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -1276,6 +1346,18 @@ class DensityModel(nn.Module):
         edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, x.shape[0], reverse=rev)
         # the per-element inference paths (exact; autograd runs e3nn's own blocks)
         per_element = self.use_element_readout and not torch.is_grad_enabled()
+        if per_element and self._component_major_ok():
+            # the same blocks on component-major features (densnet_core.component_major)
+            atoms_by_element = [
+                (int(e), torch.nonzero(el == e).squeeze(1)) for e in torch.unique(el).tolist()
+            ]
+            order = torch.argsort(torch.cat([idx for _, idx in atoms_by_element]))
+            blocks: list[Any] = [x]  # the embedding: one block of scalars
+            for layer in self.layers[:-1]:
+                a = layer.edge.blocks(blocks[0], edges)
+                blocks = layer.update_component_major(blocks, a, atoms_by_element, order)
+            x = self.element_readout(self.layers[-1], blocks, el, edges)
+            return x, edge_index, r, edge_radial, rev
         for layer in self.layers[:-1]:
             x = layer(x, node_attr, edges, el if per_element else None)
         if per_element:
@@ -1283,6 +1365,20 @@ class DensityModel(nn.Module):
         else:
             x = self.layers[-1](x, node_attr, edges)
         return x, edge_index, r, edge_radial, rev
+
+    def _component_major_ok(self) -> bool:
+        """Whether the hidden blocks can run on component-major blocks: one leading block of
+        all scalars, per-element self-interactions and plain gates (true of every preset)."""
+        ok = self.__dict__.get("_cm_ok")
+        if ok is None:
+            ok = len(self.layers[0].irreps_in) == 1 and all(
+                layer.element_self_interaction
+                and layer.irreps_in[0][0] == layer.n_scalars
+                and simple_gate(layer.gate)
+                for layer in self.layers[:-1]
+            )
+            self.__dict__["_cm_ok"] = ok
+        return ok
 
     def forward(
         self, batch: Mapping[str, torch.Tensor], *, compute_response: bool | None = None

@@ -32,6 +32,8 @@ from densnet_core.component_major import (
     ComponentMajorLinear,
     ComponentMajorProduct,
     from_e3nn,
+    gate_blocks,
+    rows_of,
     to_e3nn,
 )
 
@@ -153,12 +155,7 @@ class _Group(nn.Module):
             persistent=False,
         )
 
-        # gate: block b of the gated irreps is scaled by gates gate_start[b] : + its mul
-        self.gate_start = [0]
-        for mul, _ in gated:
-            self.gate_start.append(self.gate_start[-1] + mul)
-        self.kept_gated = kept_g
-        self.n_scalars = ns
+        self.kept_gated = kept_g  # the gated blocks of the gate's output this group computes
 
     @staticmethod
     def _linear_index(
@@ -175,18 +172,18 @@ class _Group(nn.Module):
             ranges.append((a, b))
         return _index(ranges)
 
-    def forward(self, layer: Any, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """(n, irreps_in) features and (n, A irreps) neighbour density -> (n, irreps_out):
-        the readout features, zero on the blocks this group does not read.
+    def forward(
+        self, layer: Any, xb: list[torch.Tensor], ab: list[torch.Tensor], n: int
+    ) -> torch.Tensor:
+        """The block on this group's ``n`` atoms: their features and neighbour density as
+        component-major blocks (:mod:`densnet_core.component_major`; (d * n, mul) per block
+        of ``irreps_in`` and of the neighbour density) -> (n, irreps_out) readout features in
+        e3nn's layout, zero on the blocks this group does not read.
 
-        Evaluated on component-major blocks (:mod:`densnet_core.component_major`): the
-        product's per-channel weights are folded into ``lin_out``, and the only copies are
-        the conversions of the inputs and of the result.
+        The product's per-channel weights are folded into ``lin_out``; the only copy is the
+        conversion of the result.
         """
-        n = x.shape[0]
         cm = self._component_major(layer)
-        xb = from_e3nn(x, layer.irreps_in)
-        ab = from_e3nn(a, layer.edge.irreps_out)
         left = torch.cat(cm["lin_left"](xb, layer.lin_left.weight), dim=0)
         right = cm["lin_right"](ab, layer.lin_right.weight)
         p = cm["product"](left, right, n)
@@ -202,16 +199,7 @@ class _Group(nn.Module):
             add=si,
         )
         gate = layer.gate
-        ns = self.n_scalars
-        y0 = y[0]  # (n, scalars + gates)
-        gates = gate.act_gates(y0[:, ns:])
-        blocks: list[torch.Tensor | None] = [gate.act_scalars(y0[:, :ns])]
-        blocks += [None] * len(gate.irreps_gated)
-        for k, b in enumerate(self.kept_gated):
-            mul, ir = gate.irreps_gated[b]
-            g = gates[:, self.gate_start[b] : self.gate_start[b] + mul]
-            blocks[1 + b] = (y[1 + k].view(ir.dim, n, mul) * g).view(ir.dim * n, mul)
-        return to_e3nn(blocks, gate.irreps_out, n)
+        return to_e3nn(gate_blocks(gate, y, self.kept_gated, n), gate.irreps_out, n)
 
     def _component_major(self, layer: Any) -> dict[str, Any]:
         """The block's maps on component-major blocks (built on first use, kept)."""
@@ -278,7 +266,7 @@ class ElementReadout(nn.Module):
         return self
 
     def forward(
-        self, layer: Any, x: torch.Tensor, element: torch.Tensor, edges: Any
+        self, layer: Any, x: torch.Tensor | list[torch.Tensor], element: torch.Tensor, edges: Any
     ) -> torch.Tensor:
         """The readout features (A, irreps_readout) of every atom.
 
@@ -287,7 +275,8 @@ class ElementReadout(nn.Module):
         layer
             The model's readout block (its weights are used).
         x
-            (A, irreps_in) node features entering the block.
+            (A, irreps_in) node features entering the block, or the same as component-major
+            blocks ((d * A, mul) per block of ``irreps_in``).
         element
             (A,) long: index of every atom's element in the model's element list.
         edges
@@ -298,17 +287,27 @@ class ElementReadout(nn.Module):
         torch.Tensor
             (A, irreps_readout); the blocks an atom's element does not read are zero.
         """
-        a = layer.edge(x[:, : layer.n_scalars], edges)
-        if len(self._groups) == 1 and self._groups[0] is None:
-            return layer.update(x, a, None)
+        if isinstance(x, torch.Tensor):
+            n = x.shape[0]
+            xb = from_e3nn(x, layer.irreps_in)
+        else:
+            n = element.shape[0]
+            xb = list(x)
+        ab = layer.edge.blocks(xb[0], edges)
         gid = self.group_of_element.index_select(0, element)
         rows, values = [], []
         for g, group in enumerate(self._groups):
             idx = torch.nonzero(gid == g).squeeze(1)
-            if idx.numel() == 0:
+            m = idx.numel()
+            if m == 0:
                 continue
-            xg, ag = x.index_select(0, idx), a.index_select(0, idx)
-            values.append(layer.update(xg, ag, None) if group is None else group(layer, xg, ag))
+            xg = [rows_of(b, idx, n) for b in xb]
+            ag = [rows_of(b, idx, n) for b in ab]
+            if group is None:  # every irrep read: e3nn's full block
+                xg_e3nn = to_e3nn(xg, layer.irreps_in, m)
+                values.append(layer.update(xg_e3nn, to_e3nn(ag, layer.edge.irreps_out, m), None))
+            else:
+                values.append(group(layer, xg, ag, m))
             rows.append(idx)
         idx = torch.cat(rows)
-        return x.new_zeros((x.shape[0], self.dim)).index_copy(0, idx, torch.cat(values))
+        return xb[0].new_zeros((n, self.dim)).index_copy(0, idx, torch.cat(values))

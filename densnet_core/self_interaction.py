@@ -80,3 +80,57 @@ def element_self_interaction(
         values.append(torch.cat(blocks, dim=1))  # type: ignore[arg-type]
     out = x.new_zeros((x.shape[0], tp.irreps_out.dim))
     return out.index_copy(0, torch.cat(rows), torch.cat(values))
+
+
+def element_self_interaction_blocks(
+    tp: o3.FullyConnectedTensorProduct,
+    blocks: list[torch.Tensor],
+    atoms_by_element: list[tuple[int, torch.Tensor]],
+    order: torch.Tensor,
+) -> list[torch.Tensor | None]:
+    """:func:`element_self_interaction` on component-major blocks
+    (:mod:`densnet_core.component_major`).
+
+    Parameters
+    ----------
+    tp
+        The block's ``FullyConnectedTensorProduct(irreps_in, n_elements x 0e, irreps_out)``
+        (of the per-element form the model builds).
+    blocks
+        Per block of ``tp.irreps_in1``: (d * A, mul).
+    atoms_by_element
+        (element index, atom indices (A_e,)) for every element present; together every atom
+        once.
+    order
+        (A,) long: the position of every atom in the concatenation of those atom indices.
+
+    Returns
+    -------
+    list
+        Per block of ``tp.irreps_out``: (d * A, mul_out), None where no input reaches it.
+    """
+    if not _per_element_form(tp):
+        raise ValueError("not a per-element self-interaction")
+    n = order.shape[0]
+    per_out: list[list[torch.Tensor]] = [[] for _ in tp.irreps_out]
+    start = 0
+    for ins in tp.instructions:
+        mul1, n_el, mul_out = ins.path_shape
+        d = tp.irreps_out[ins.i_out].ir.dim
+        size = mul1 * n_el * mul_out
+        w = tp.weight[start : start + size].view(mul1, n_el, mul_out)
+        start += size
+        scale = ins.path_weight / math.sqrt(d)  # and the (l x 0 -> l) Clebsch-Gordan factor
+        x = blocks[ins.i_in1].view(d, n, mul1)
+        parts = [
+            (x.index_select(1, idx).view(-1, mul1) @ (w[:, e, :] * scale)).view(d, -1, mul_out)
+            for e, idx in atoms_by_element
+        ]
+        per_out[ins.i_out].append(torch.cat(parts, dim=1).index_select(1, order).view(d * n, -1))
+    out: list[torch.Tensor | None] = []
+    for terms in per_out:
+        total = None
+        for t in terms:
+            total = t if total is None else total + t
+        out.append(total)
+    return out
