@@ -37,6 +37,15 @@ from densnet_core.units import DEBYE_PER_AU
 from tests._torch_threads import one_torch_thread  # noqa: F401 - autouse fixture
 from tests.core._tiny_labels import conformer_rows, write_conformers_table
 
+
+def _assert_float32_close(got: object, want: object) -> None:
+    """Equal up to float32 rounding: the batch changes the order of the sums (matrix products
+    of other sizes), which moved components by up to 3.9e-6 of the largest one (measured);
+    the tolerance is 1e-5 of it (float64 runs agree to 1e-10: tests/core/test_readout.py)."""
+    w = np.asarray(want, dtype=float)
+    np.testing.assert_allclose(got, w, rtol=0, atol=1e-5 * max(1.0, float(np.abs(w).max())))
+
+
 ELEMENTS = [1, 6, 7, 8, 9, 16, 17]
 
 
@@ -311,10 +320,8 @@ def test_batched_equals_one_at_a_time_for_different_sizes(model_dir: Path) -> No
     for row, b in zip(rows, batched, strict=True):
         s = single.predict_rows([row])[0]
         assert b[K.STATUS] == s[K.STATUS] == "ok"
-        np.testing.assert_allclose(b[K.DIPOLE_AU], s[K.DIPOLE_AU], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(
-            b[K.POLARIZABILITY_AU], s[K.POLARIZABILITY_AU], rtol=1e-5, atol=1e-5
-        )
+        _assert_float32_close(b[K.DIPOLE_AU], s[K.DIPOLE_AU])
+        _assert_float32_close(b[K.POLARIZABILITY_AU], s[K.POLARIZABILITY_AU])
         assert b[K.N_ELECTRONS] == pytest.approx(s[K.N_ELECTRONS], abs=1e-5)
 
 
@@ -377,10 +384,8 @@ def test_parallel_prediction_equals_serial(model_dir: Path) -> None:
     for a, b in zip(serial, parallel, strict=True):
         assert a[K.STATUS] == b[K.STATUS] and a[K.ERROR] == b[K.ERROR]
         if a[K.STATUS] == "ok":
-            np.testing.assert_allclose(a[K.DIPOLE_AU], b[K.DIPOLE_AU], rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(
-                a[K.POLARIZABILITY_AU], b[K.POLARIZABILITY_AU], rtol=1e-5, atol=1e-5
-            )
+            _assert_float32_close(b[K.DIPOLE_AU], a[K.DIPOLE_AU])
+            _assert_float32_close(b[K.POLARIZABILITY_AU], a[K.POLARIZABILITY_AU])
     assert seen[0] == (0, len(rows)) and seen[-1] == (len(rows), len(rows))
     assert p.timings["forward"] > 0 and p.threads is None  # restored after the workers
 
@@ -459,10 +464,8 @@ def _assert_same_predictions(df: pd.DataFrame, reference: list[dict]) -> None:
     assert list(df[K.STATUS]) == [r[K.STATUS] for r in reference]
     for (_, row), ref in zip(df.iterrows(), reference, strict=True):
         if ref[K.STATUS] == "ok":
-            np.testing.assert_allclose(row[K.DIPOLE_AU], ref[K.DIPOLE_AU], atol=1e-5)
-            np.testing.assert_allclose(
-                row[K.POLARIZABILITY_AU], ref[K.POLARIZABILITY_AU], atol=1e-5
-            )
+            _assert_float32_close(row[K.DIPOLE_AU], ref[K.DIPOLE_AU])
+            _assert_float32_close(row[K.POLARIZABILITY_AU], ref[K.POLARIZABILITY_AU])
 
 
 def test_screen_file_streams_finished_conformer_batches(model_dir: Path, tmp_path: Path) -> None:
