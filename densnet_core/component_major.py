@@ -321,3 +321,51 @@ def rows_of(block: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
     if d == 1:
         return block.index_select(0, idx)
     return block.view(d, n, block.shape[1]).index_select(1, idx).view(d * idx.numel(), -1)
+
+
+def block_maps(
+    lin_left: Any, lin_right: Any, product: Any, lin_out: Any
+) -> dict[str, ComponentMajorLinear | ComponentMajorProduct]:
+    """The maps of an interaction block (or of its restriction) on component-major blocks."""
+    return {
+        "lin_left": ComponentMajorLinear(lin_left),
+        "lin_right": ComponentMajorLinear(lin_right),
+        "product": ComponentMajorProduct(product),
+        "lin_out": ComponentMajorLinear(lin_out),
+    }
+
+
+def gate_input(
+    maps: Mapping[str, Any],
+    x: Sequence[torch.Tensor],
+    a: Sequence[torch.Tensor],
+    n: int,
+    weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    self_interaction: Sequence[torch.Tensor | None],
+) -> list[torch.Tensor | None]:
+    """An interaction block up to its gate: ``lin_out([A, Linear(x) (x) Linear(A)]) + si``.
+
+    Parameters
+    ----------
+    maps
+        From :func:`block_maps`.
+    x, a
+        Per block of the node features and of the neighbour density: (d * n, mul).
+    n
+        Number of atoms.
+    weights
+        Flat weights of ``lin_left``, ``lin_right``, the product and ``lin_out``.
+    self_interaction
+        Per block of the gate's input: the self-interaction term (d * n, mul), or None.
+
+    Returns
+    -------
+    list
+        Per block of the gate's input: (d * n, mul), None where nothing reaches it.
+    """
+    w_left, w_right, w_product, w_out = weights
+    left = torch.cat(maps["lin_left"](x, w_left), dim=0)
+    right = maps["lin_right"](a, w_right)
+    p = maps["product"](left, right, n)
+    scale = {len(a) + o: w for o, w in maps["product"].channel_weights(w_product).items()}
+    return maps["lin_out"]([*a, *p], w_out, scale=scale, add=self_interaction)

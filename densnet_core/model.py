@@ -69,12 +69,7 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
 from densnet_core.channelwise import fused_product
-from densnet_core.component_major import (
-    ComponentMajorLinear,
-    ComponentMajorProduct,
-    gate_blocks,
-    simple_gate,
-)
+from densnet_core.component_major import block_maps, gate_blocks, gate_input, simple_gate
 from densnet_core.graph import (
     MoleculeInput,
     NeighbourTable,
@@ -602,22 +597,13 @@ class Interaction(nn.Module):
             Per block of ``irreps_out``: (d * A, mul).
         """
         n = order.shape[0]
-        cm = self.__dict__.get("_component_major")
-        if cm is None:
-            cm = {
-                "lin_left": ComponentMajorLinear(self.lin_left),
-                "lin_right": ComponentMajorLinear(self.lin_right),
-                "product": ComponentMajorProduct(self.product),
-                "lin_out": ComponentMajorLinear(self.lin_out),
-            }
-            self.__dict__["_component_major"] = cm
-        left = torch.cat(cm["lin_left"](x, self.lin_left.weight), dim=0)
-        right = cm["lin_right"](a, self.lin_right.weight)
-        p = cm["product"](left, right, n)
-        channel_weights = cm["product"].channel_weights(self.product.weight)
-        scale = {len(a) + o: w for o, w in channel_weights.items()}
+        maps = self.__dict__.get("_component_major")
+        if maps is None:
+            maps = block_maps(self.lin_left, self.lin_right, self.product, self.lin_out)
+            self.__dict__["_component_major"] = maps
+        weights = (self.lin_left.weight, self.lin_right.weight, self.product.weight)
         si = element_self_interaction_blocks(self.self_interaction, x, atoms_by_element, order)
-        y = cm["lin_out"](a + p, self.lin_out.weight, scale=scale, add=si)
+        y = gate_input(maps, x, a, n, (*weights, self.lin_out.weight), si)
         out = gate_blocks(self.gate, y, list(range(len(self.gate.irreps_gated))), n)
         if self.residual:
             out = [xb if o is None else o + xb for o, xb in zip(out, x, strict=True)]

@@ -30,9 +30,10 @@ from torch import nn
 
 from densnet_core.component_major import (
     ComponentMajorLinear,
-    ComponentMajorProduct,
+    block_maps,
     from_e3nn,
     gate_blocks,
+    gate_input,
     rows_of,
     to_e3nn,
 )
@@ -183,37 +184,21 @@ class _Group(nn.Module):
         The product's per-channel weights are folded into ``lin_out``; the only copy is the
         conversion of the result.
         """
-        cm = self._component_major(layer)
-        left = torch.cat(cm["lin_left"](xb, layer.lin_left.weight), dim=0)
-        right = cm["lin_right"](ab, layer.lin_right.weight)
-        p = cm["product"](left, right, n)
-        w_prod = layer.product.weight.index_select(0, self.product_weight_index)
-        scale = {len(ab) + o: w for o, w in cm["product"].channel_weights(w_prod).items()}
-        si = cm["self_interaction"](
-            xb, layer.self_interaction.weight.index_select(0, self.self_interaction_weight_index)
-        )
-        y = cm["lin_out"](
-            ab + p,
+        maps = self.__dict__.get("_component_major")
+        if maps is None:
+            maps = block_maps(layer.lin_left, layer.lin_right, self.product, self.lin_out)
+            maps["self_interaction"] = ComponentMajorLinear(self.self_interaction)
+            self.__dict__["_component_major"] = maps
+        weights = (
+            layer.lin_left.weight,
+            layer.lin_right.weight,
+            layer.product.weight.index_select(0, self.product_weight_index),
             layer.lin_out.weight.index_select(0, self.lin_out_weight_index),
-            scale=scale,
-            add=si,
         )
+        w_si = layer.self_interaction.weight.index_select(0, self.self_interaction_weight_index)
+        y = gate_input(maps, xb, ab, n, weights, maps["self_interaction"](xb, w_si))
         gate = layer.gate
         return to_e3nn(gate_blocks(gate, y, self.kept_gated, n), gate.irreps_out, n)
-
-    def _component_major(self, layer: Any) -> dict[str, Any]:
-        """The block's maps on component-major blocks (built on first use, kept)."""
-        cm = self.__dict__.get("_cm")
-        if cm is None:
-            cm = {
-                "lin_left": ComponentMajorLinear(layer.lin_left),
-                "lin_right": ComponentMajorLinear(layer.lin_right),
-                "product": ComponentMajorProduct(self.product),
-                "lin_out": ComponentMajorLinear(self.lin_out),
-                "self_interaction": ComponentMajorLinear(self.self_interaction),
-            }
-            self.__dict__["_cm"] = cm
-        return cm
 
 
 class ElementReadout(nn.Module):
