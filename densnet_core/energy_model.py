@@ -55,7 +55,13 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from densnet_core.graph import MoleculeInput, collate, element_gather_indices, radius_graph
+from densnet_core.graph import (
+    MoleculeInput,
+    collate,
+    element_gather_indices,
+    radius_graph,
+    reverse_edges,
+)
 from densnet_core.level import LevelOfTheory
 from densnet_core.model import (
     DensityModel,
@@ -462,7 +468,9 @@ class EnergyModel(nn.Module):
         vec = pos[src] - pos[dst]
         edge_sh = self.spherical_harmonics(vec)
         edge_radial = self.radial_basis(vec.norm(dim=-1))
-        edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, feats.shape[0])
+        # radial MLPs once per edge pair (an edge and its reverse have one length)
+        rev = reverse_edges(edge_index, feats.shape[0])
+        edges = EdgeGeometry.build(edge_index, edge_sh, edge_radial, feats.shape[0], reverse=rev)
         for layer in self.layers:
             feats = layer(feats, node_attr, edges)
         y = self.mlp(self.readout(feats)).squeeze(-1)

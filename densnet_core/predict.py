@@ -47,11 +47,13 @@ Units: positions in the tables are Å, converted to bohr here; observables are a
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -846,9 +848,89 @@ def import_e3nn_without_dynamo() -> None:
 
     torch.compiler.disable = passthrough
     try:
-        import e3nn.o3  # noqa: F401
+        with _sympy_deferred():
+            import e3nn.o3  # noqa: F401
     finally:
         torch.compiler.disable = real
+
+
+# the names e3nn.o3._angular_spherical_harmonics imports from sympy, used only by its two
+# Legendre-polynomial builders (SphericalHarmonicsAlphaBeta, which densnet never builds)
+_E3NN_SYMPY_NAMES = ("Integer", "Poly", "diff", "factorial", "pi", "sqrt", "symbols")
+_E3NN_SYMPY_USERS = ("_poly_legendre", "_sympy_legendre")
+
+
+@contextlib.contextmanager
+def _sympy_deferred() -> Iterator[None]:
+    """Import e3nn without importing sympy (~0.6 s); sympy is imported when first needed.
+
+    While the block runs, ``sys.modules["sympy"]`` is a stand-in that hands out placeholders
+    for the seven names e3nn's angular spherical-harmonics module imports and raises
+    ``AttributeError`` for anything else. Afterwards the stand-in is removed, the two e3nn
+    functions that use those names import sympy and put the real objects in place before
+    their first call, and any other module that bound the stand-in gets the real sympy.
+    Does nothing when sympy is already imported.
+    """
+    import sys
+    import types
+
+    if "sympy" in sys.modules:
+        yield
+        return
+    stand_in = types.ModuleType("sympy")
+
+    def placeholder(name: str) -> Any:
+        if name not in _E3NN_SYMPY_NAMES:
+            raise AttributeError(name)
+        return _SympyPending(name)
+
+    stand_in.__getattr__ = placeholder  # type: ignore[method-assign]
+    sys.modules["sympy"] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get("sympy") is stand_in:
+            del sys.modules["sympy"]
+    mod = sys.modules.get("e3nn.o3._angular_spherical_harmonics")
+    if mod is not None:
+        for fn_name in _E3NN_SYMPY_USERS:
+            fn = getattr(mod, fn_name, None)
+            if fn is not None:
+                setattr(mod, fn_name, _with_real_sympy(mod, fn))
+    for other in list(sys.modules.values()):
+        names = getattr(other, "__dict__", {})
+        if any(value is stand_in for value in names.values()):
+            import sympy
+
+            for key, value in list(names.items()):
+                if value is stand_in:
+                    names[key] = sympy
+
+
+class _SympyPending:
+    """Stands for a sympy object until :func:`_with_real_sympy` puts the real one in place."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<sympy.{self.name}, not imported yet>"
+
+
+def _with_real_sympy(mod: Any, fn: Any) -> Any:
+    """``fn`` of e3nn's module ``mod``, first replacing the module's placeholders by sympy's
+    objects."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import sympy
+
+        for name in _E3NN_SYMPY_NAMES:
+            if isinstance(mod.__dict__.get(name), _SympyPending):
+                mod.__dict__[name] = getattr(sympy, name)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def sibling_path(output_path: str | os.PathLike[str], kind: str) -> Path:
