@@ -223,10 +223,16 @@ def keep_largest_fragment(mol: Chem.Mol) -> tuple[Chem.Mol, str]:
     return kept, f"kept largest fragment; removed: {text}"
 
 
+def atoms_of(mol: Chem.Mol) -> list[Chem.Atom]:
+    """The atoms of ``mol`` in order (by index: ~2x faster than iterating ``GetAtoms()``,
+    whose sequence wrapper recounts the atoms for every item)."""
+    return [mol.GetAtomWithIdx(i) for i in range(mol.GetNumAtoms())]
+
+
 def charge_and_multiplicity(mol: Chem.Mol) -> tuple[int, int]:
     """Total formal charge (e) and spin multiplicity (radical electrons + 1, high spin)."""
     charge = radicals = 0
-    for a in mol.GetAtoms():  # one pass (Python-level atom iteration is the cost here)
+    for a in atoms_of(mol):  # one pass (Python-level atom iteration is the cost here)
         charge += a.GetFormalCharge()
         radicals += a.GetNumRadicalElectrons()
     return int(charge), int(radicals) + 1
@@ -236,7 +242,7 @@ def unsupported_elements(mol: Chem.Mol, supported: Iterable[str]) -> list[str]:
     """Element symbols of ``mol`` not in ``supported``, in order of first appearance."""
     allowed = set(supported)
     seen: dict[str, None] = {}
-    for atom in mol.GetAtoms():
+    for atom in atoms_of(mol):
         symbol = atom.GetSymbol()
         if symbol not in allowed:
             seen[symbol] = None
@@ -481,7 +487,7 @@ def _conformer_rows(
     force_field: str,
     converged: Sequence[bool | None] | None = None,
 ) -> list[dict[str, Any]]:
-    numbers = [int(a.GetAtomicNum()) for a in mol_h.GetAtoms()]
+    numbers = [int(a.GetAtomicNum()) for a in atoms_of(mol_h)]
     confs = list(mol_h.GetConformers())
     rows = []
     for new_id, i in enumerate(picks):
