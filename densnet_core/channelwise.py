@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from e3nn import o3
 
-__all__ = ["FusedChannelwiseProduct", "fused_product"]
+__all__ = ["FusedChannelwiseProduct", "cast_once", "fused_product"]
 
 
 def _wigner_3j(tp: Any, l1: int, l2: int, l3: int) -> torch.Tensor:
@@ -108,12 +108,7 @@ class FusedChannelwiseProduct:
         self._cast: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
 
     def _matrices(self, like: torch.Tensor) -> list[torch.Tensor]:
-        key = (like.dtype, like.device)
-        if key not in self._cast:
-            self._cast[key] = [
-                g["matrix"].to(dtype=like.dtype, device=like.device) for g in self.groups
-            ]
-        return self._cast[key]
+        return cast_once(self._cast, [g["matrix"] for g in self.groups], like)
 
     def __call__(
         self,
@@ -169,6 +164,19 @@ class FusedChannelwiseProduct:
         both[:, :k] = prefix
         self(x1, x2, weight, out=both[:, k:])
         return both
+
+
+def cast_once(
+    cache: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]],
+    constants: list[torch.Tensor],
+    like: torch.Tensor,
+) -> list[torch.Tensor]:
+    """``constants`` in the dtype and on the device of ``like``, cast once per (dtype, device)
+    and kept in ``cache``."""
+    key = (like.dtype, like.device)
+    if key not in cache:
+        cache[key] = [c.to(dtype=like.dtype, device=like.device) for c in constants]
+    return cache[key]
 
 
 def fused_product(tp: Any) -> FusedChannelwiseProduct:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from e3nn import o3
 
-from densnet_core.channelwise import FusedChannelwiseProduct
+from densnet_core.channelwise import FusedChannelwiseProduct, cast_once
 
 __all__ = ["ComponentMajorLinear", "ComponentMajorProduct", "from_e3nn", "to_e3nn"]
 
@@ -213,12 +213,7 @@ class ComponentMajorProduct:
         self._cast: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
 
     def _matrices(self, like: torch.Tensor) -> list[torch.Tensor]:
-        key = (like.dtype, like.device)
-        if key not in self._cast:
-            self._cast[key] = [
-                g["matrix_t"].to(dtype=like.dtype, device=like.device) for g in self.groups
-            ]
-        return self._cast[key]
+        return cast_once(self._cast, [g["matrix_t"] for g in self.groups], like)
 
     def channel_weights(self, weight: torch.Tensor) -> dict[int, torch.Tensor]:
         """{output block: (mul,) its per-channel weights} from the flat (weight_numel,)."""
