@@ -824,15 +824,16 @@ def write_prediction_tables(
 
 
 def import_e3nn_without_dynamo() -> None:
-    """Import e3nn without importing ``torch._dynamo`` (1.5-3 s of CPU time saved).
+    """Import e3nn without ``torch._dynamo`` (1.5-3 s of CPU time saved) or sympy.
 
     e3nn 0.6 decorates one construction-time helper (``change_basis_real_to_complex``) with
     ``torch.compiler.disable``, and that decorator imports all of ``torch._dynamo``, which
     nothing else on the prediction path needs. During the e3nn import only, the decorator is
     replaced by one that returns the function unchanged. The only consequence: ``torch.compile``
     of code that calls this helper *in this process* would trace into it instead of breaking
-    the graph there. For short-lived prediction processes (the CLI); a no-op when e3nn or
-    ``torch._dynamo`` is already imported.
+    the graph there. sympy is not imported either (:func:`_sympy_deferred`, ~0.6 s). For
+    short-lived prediction processes (the CLI); a no-op when e3nn or ``torch._dynamo`` is
+    already imported.
     """
     import sys
 
