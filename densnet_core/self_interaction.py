@@ -29,6 +29,21 @@ def _per_element_form(tp: o3.FullyConnectedTensorProduct) -> bool:
     )
 
 
+def _scaled_weights(tp: o3.FullyConnectedTensorProduct) -> list[torch.Tensor]:
+    """Per instruction: its weights (mul1, n_elements, mul_out) times e3nn's path weight and
+    the 1/sqrt(2l+1) of the (l x 0 -> l) Clebsch-Gordan coefficient."""
+    weights = []
+    start = 0
+    for ins in tp.instructions:
+        mul1, n_el, mul_out = ins.path_shape
+        d = tp.irreps_out[ins.i_out].ir.dim
+        n = mul1 * n_el * mul_out
+        scale = ins.path_weight / math.sqrt(d)
+        weights.append(tp.weight[start : start + n].view(mul1, n_el, mul_out) * scale)
+        start += n
+    return weights
+
+
 def element_self_interaction(
     tp: o3.FullyConnectedTensorProduct, x: torch.Tensor, element: torch.Tensor
 ) -> torch.Tensor:
@@ -51,16 +66,7 @@ def element_self_interaction(
     if not _per_element_form(tp) or x.shape[0] == 0:
         n_el = tp.irreps_in2.dim
         return tp(x, torch.nn.functional.one_hot(element, n_el).to(x.dtype))
-    # e3nn's path weight, and its 1/sqrt(2l+1) of the (l x 0 -> l) Clebsch-Gordan coefficient
-    weights = []
-    start = 0
-    for ins in tp.instructions:
-        mul1, n_el, mul_out = ins.path_shape
-        d = tp.irreps_out[ins.i_out].ir.dim
-        n = mul1 * n_el * mul_out
-        scale = ins.path_weight / math.sqrt(d)
-        weights.append(tp.weight[start : start + n].view(mul1, n_el, mul_out) * scale)
-        start += n
+    weights = _scaled_weights(tp)
     sl_in = tp.irreps_in1.slices()
     rows, values = [], []
     for e in torch.unique(element).tolist():
@@ -113,17 +119,12 @@ def element_self_interaction_blocks(
         raise ValueError("not a per-element self-interaction")
     n = order.shape[0]
     per_out: list[list[torch.Tensor]] = [[] for _ in tp.irreps_out]
-    start = 0
-    for ins in tp.instructions:
-        mul1, n_el, mul_out = ins.path_shape
+    for ins, w in zip(tp.instructions, _scaled_weights(tp), strict=True):
+        mul1, _, mul_out = ins.path_shape
         d = tp.irreps_out[ins.i_out].ir.dim
-        size = mul1 * n_el * mul_out
-        w = tp.weight[start : start + size].view(mul1, n_el, mul_out)
-        start += size
-        scale = ins.path_weight / math.sqrt(d)  # and the (l x 0 -> l) Clebsch-Gordan factor
         x = blocks[ins.i_in1].view(d, n, mul1)
         parts = [
-            (x.index_select(1, idx).view(-1, mul1) @ (w[:, e, :] * scale)).view(d, -1, mul_out)
+            (x.index_select(1, idx).view(-1, mul1) @ w[:, e, :]).view(d, -1, mul_out)
             for e, idx in atoms_by_element
         ]
         per_out[ins.i_out].append(torch.cat(parts, dim=1).index_select(1, order).view(d * n, -1))
