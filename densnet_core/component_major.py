@@ -3,9 +3,9 @@
 e3nn stores a block of ``mul`` copies of an irrep of dimension ``d`` channel-major: an atom's
 features are ``(mul, d)`` flattened. Every ``o3.Linear`` instruction then contracts over the
 channel index in the middle, which e3nn's generated code does as an einsum that copies its
-input into a matrix layout and its output back; the fused channel-wise product
-(:mod:`densnet_core.channelwise`) copies its results into the output columns the same way. On
-the readout block of the ``wide`` preset these copies were ~40 % of the block's time.
+input into a matrix layout and its output back, and its channel-wise products copy every
+path's result into its output columns. On the readout block of the ``wide`` preset these
+copies were ~40 % of the block's time.
 
 Here a block is held **component-major**: a ``(d * n, mul)`` matrix whose row ``i * n + a`` is
 component ``i`` of atom ``a`` (a ``(d, n, mul)`` array). Then
@@ -24,16 +24,19 @@ the readout block built on this against e3nn's full block in float64). Used with
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from e3nn import o3
 
-from densnet_core.channelwise import FusedChannelwiseProduct, cast_once
-
-__all__ = ["ComponentMajorLinear", "ComponentMajorProduct", "from_e3nn", "to_e3nn"]
+__all__ = [
+    "ComponentMajorLinear",
+    "ComponentMajorProduct",
+    "cast_once",
+    "from_e3nn",
+    "to_e3nn",
+]
 
 Blocks = list[torch.Tensor]
 
@@ -168,14 +171,54 @@ class ComponentMajorLinear:
         return out
 
 
+def cast_once(
+    cache: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]],
+    constants: list[torch.Tensor],
+    like: torch.Tensor,
+) -> list[torch.Tensor]:
+    """``constants`` in the dtype and on the device of ``like``, cast once per (dtype, device)
+    and kept in ``cache``."""
+    key = (like.dtype, like.device)
+    if key not in cache:
+        cache[key] = [c.to(dtype=like.dtype, device=like.device) for c in constants]
+    return cache[key]
+
+
+def _wigner_3j(tp: Any, l1: int, l2: int, l3: int) -> torch.Tensor:
+    """The module's own Clebsch-Gordan constant for a path (float64), so that the product
+    reproduces it exactly (a model built in float32 keeps float32-rounded constants); e3nn's
+    exact value where its generated code has none (the specialised l1 = 0 and 1 x 1 -> 1
+    paths)."""
+    compiled = getattr(tp, "_compiled_main_left_right", None)
+    own = getattr(compiled, f"_w3j_{l1}_{l2}_{l3}", None)
+    if isinstance(own, torch.Tensor):
+        return own.detach().to(device="cpu", dtype=torch.float64)
+    return o3.wigner_3j(l1, l2, l3, dtype=torch.float64)
+
+
 class ComponentMajorProduct:
     """A channel-wise (``"uuu"``) ``o3.TensorProduct`` on component-major blocks.
+
+    For every path (l1, l2 -> l3)
+
+        out[n, u, k] = path_weight * w[u] * sum_ij C[i, j, k] x1[n, u, i] x2[n, u, j]
+
+    with C the Wigner 3j symbol. e3nn's generated code evaluates each path on its own (an
+    outer product, an einsum with C, a reshape and a copy per path; 20 paths in the readout
+    block). Here the left blocks are stacked, their outer product with one right block is
+    formed once, and one matrix holding every path's ``path_weight * C`` that reads that right
+    block maps it to those paths' outputs.
 
     Parameters
     ----------
     tp
-        The tensor product (every instruction ``"uuu"`` with weights; one multiplicity), as
-        accepted by :class:`~densnet_core.channelwise.FusedChannelwiseProduct`.
+        The tensor product: every instruction ``"uuu"`` with weights, every irrep of both
+        inputs and of the output with the same multiplicity, one instruction per output block.
+
+    Raises
+    ------
+    ValueError
+        For any other tensor product.
 
     Notes
     -----
@@ -184,30 +227,55 @@ class ComponentMajorProduct:
     """
 
     def __init__(self, tp: Any) -> None:
-        fused = FusedChannelwiseProduct(tp)
-        self.mul = fused.mul
+        muls = {m for m, _ in (*tp.irreps_in1, *tp.irreps_in2, *tp.irreps_out)}
+        if len(muls) != 1 or not all(
+            ins.connection_mode == "uuu" and ins.has_weight for ins in tp.instructions
+        ):
+            raise ValueError("needs 'uuu' instructions with weights and one multiplicity")
+        self.mul = muls.pop()
         self.irreps_out = tp.irreps_out
-        in1 = tp.irreps_in1
+        in1, in2, out = tp.irreps_in1, tp.irreps_in2, tp.irreps_out
         # rows of each left block in the stacked (D1, n * mul) left factor
         row, self.left_rows = 0, []
         for _, ir in in1:
             self.left_rows.append((row, row + ir.dim))
             row += ir.dim
-        self.groups = []
-        for g in fused.groups:
-            rows = [self.left_rows[b] for b in _blocks_of(in1, g["in1"])]
-            if any(a1 != b0 for (_, b0), (a1, _) in itertools.pairwise(rows)):
+        self.groups: list[dict[str, Any]] = []
+        where: dict[int, tuple[int, int, int]] = {}  # output block -> (group, row0, row1)
+        for i2 in sorted({ins.i_in2 for ins in tp.instructions}):
+            paths = [ins for ins in tp.instructions if ins.i_in2 == i2]
+            blocks1 = sorted({ins.i_in1 for ins in paths})
+            if blocks1 != list(range(blocks1[0], blocks1[-1] + 1)):
                 raise ValueError("a path group reads non-adjacent left blocks")
+            r0, r1 = self.left_rows[blocks1[0]][0], self.left_rows[blocks1[-1]][1]
+            l2, d2 = in2[i2].ir.l, in2[i2].ir.dim
+            n_cols = sum(out[ins.i_out].ir.dim for ins in paths)
+            matrix = torch.zeros(r1 - r0, d2, n_cols, dtype=torch.float64)
+            col = 0
+            for ins in paths:
+                l1, l3 = in1[ins.i_in1].ir.l, out[ins.i_out].ir.l
+                d1, d3 = 2 * l1 + 1, 2 * l3 + 1
+                o = self.left_rows[ins.i_in1][0] - r0
+                matrix[o : o + d1, :, col : col + d3] = float(ins.path_weight) * _wigner_3j(
+                    tp, l1, l2, l3
+                )
+                if ins.i_out in where:
+                    raise ValueError("two instructions write the same output block")
+                where[ins.i_out] = (len(self.groups), col, col + d3)
+                col += d3
             self.groups.append(
                 {
-                    "left": (rows[0][0], rows[-1][1]),
-                    "right": _block_index(tp.irreps_in2, g["in2"]),
-                    "matrix_t": g["matrix"].T.contiguous(),  # (n_cols, D1 * d2), float64
+                    "left": (r0, r1),
+                    "right": (i2, d2),
+                    # (n_cols, D1 * d2), float64
+                    "matrix_t": matrix.reshape((r1 - r0) * d2, n_cols).T.contiguous(),
                 }
             )
-        self.outputs = fused.outputs  # per output block: (group, first row, end row)
+        if sorted(where) != list(range(len(out))):
+            raise ValueError("every output block needs exactly one instruction")
+        self.outputs = [where[i] for i in range(len(out))]  # (group, first row, end row)
         # weights of each output block's instruction in the flat weight vector
-        self.weight_start = [0] * len(tp.irreps_out)
+        self.weight_start = [0] * len(out)
         for k, ins in enumerate(tp.instructions):
             self.weight_start[ins.i_out] = k * self.mul
         self._cast: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
@@ -238,24 +306,15 @@ class ComponentMajorProduct:
             Per output block: (d3 * n, mul), views of one result per path group.
         """
         n_mul = n * self.mul
-        lhs = left.view(-1, n_mul)  # (D1, n * mul)
+        lhs = left.view(self.left_rows[-1][1], n_mul)  # (D1, n * mul)
         results = []
         for g, m_t in zip(self.groups, self._matrices(left), strict=True):
             a, b = g["left"]
-            r = right[g["right"]].view(-1, n_mul)  # (d2, n * mul)
-            outer = (lhs[a:b].unsqueeze(1) * r.unsqueeze(0)).reshape(-1, n_mul)
+            i2, d2 = g["right"]
+            r = right[i2].view(d2, n_mul)
+            outer = (lhs[a:b].unsqueeze(1) * r.unsqueeze(0)).reshape((b - a) * d2, n_mul)
             results.append(m_t @ outer)  # (n_cols, n * mul)
-        return [results[g][c0:c1].view(-1, self.mul) for g, c0, c1 in self.outputs]
-
-
-def _blocks_of(irreps: o3.Irreps, spans: Sequence[tuple[int, int, int]]) -> list[int]:
-    """Indices of the blocks of ``irreps`` whose (start, stop) are in ``spans``."""
-    starts = [sl.start for sl in irreps.slices()]
-    return [starts.index(a) for a, _, _ in spans]
-
-
-def _block_index(irreps: o3.Irreps, span: tuple[int, int, int]) -> int:
-    return [sl.start for sl in irreps.slices()].index(span[0])
+        return [results[g][c0:c1].view((c1 - c0) * n, self.mul) for g, c0, c1 in self.outputs]
 
 
 def gate_blocks(

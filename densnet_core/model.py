@@ -68,7 +68,6 @@ from e3nn.math import _normalize_activation
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
-from densnet_core.channelwise import fused_product
 from densnet_core.component_major import block_maps, gate_blocks, gate_input, simple_gate
 from densnet_core.graph import (
     MoleculeInput,
@@ -80,10 +79,7 @@ from densnet_core.graph import (
     reverse_edges,
 )
 from densnet_core.readout import ElementReadout
-from densnet_core.self_interaction import (
-    element_self_interaction,
-    element_self_interaction_blocks,
-)
+from densnet_core.self_interaction import element_self_interaction_blocks, per_element_form
 
 __all__ = [
     "PRESETS",
@@ -273,31 +269,24 @@ class EdgeGeometry:
 
     Attributes
     ----------
-    src
-        (E,) long: neighbour (source) atom of every edge.
-    radial
-        (E, n_radial): radial basis of every edge length.
     table
         The edges regrouped by receiving atom (:class:`~densnet_core.graph.NeighbourTable`).
     sh_t
         Per l = 0..lmax: (A, 2l + 1, K) spherical harmonics Y^l of every edge direction in the
         neighbour table (transposed, contiguous), zeros in the unused slots.
     pair_radial, pair_of_edge, src_ext
-        With the reverse of every edge known: (P + 1, n_radial) radial basis of one edge of
-        every pair (P = E / 2) and a zero row, (E + 1,) long, the pair of every edge and P
-        (the zero row) last, and (E + 1,) long, ``src`` and a 0. A function of the edge length
-        is then evaluated once per pair, and the extra row gives the zero row that the
-        neighbour table's empty slots read (:class:`EdgeDensity`); otherwise all three are
-        None.
+        (P + 1, n_radial) radial basis of one edge of every pair (P = E / 2) and a zero row,
+        (E + 1,) long, the pair of every edge and P (the zero row) last, and (E + 1,) long,
+        the neighbour (source) atom of every edge and a 0. A function of the edge length is
+        then evaluated once per pair, and the extra row gives the zero row that the neighbour
+        table's empty slots read (:class:`EdgeDensity`).
     """
 
-    src: torch.Tensor
-    radial: torch.Tensor
     table: NeighbourTable
     sh_t: tuple[torch.Tensor, ...]
-    pair_radial: torch.Tensor | None = None
-    pair_of_edge: torch.Tensor | None = None
-    src_ext: torch.Tensor | None = None
+    pair_radial: torch.Tensor
+    pair_of_edge: torch.Tensor
+    src_ext: torch.Tensor
 
     @classmethod
     def build(
@@ -309,9 +298,9 @@ class EdgeGeometry:
         *,
         reverse: torch.Tensor | None = None,
     ) -> EdgeGeometry:
-        """From edge_index (2, E), edge_sh (E, (lmax+1)^2) and edge_radial (E, n_radial);
-        ``reverse`` (E,) long, the index of every edge's reverse
-        (:func:`~densnet_core.graph.reverse_edges`), enables the per-pair evaluation."""
+        """From edge_index (2, E) (both directions of every pair), edge_sh (E, (lmax+1)^2)
+        and edge_radial (E, n_radial); ``reverse`` (E,) long, the index of every edge's
+        reverse, is computed (:func:`~densnet_core.graph.reverse_edges`) when not given."""
         table = neighbour_table(edge_index[1], n_atoms)
         padded = table.pad(edge_sh)
         lmax = math.isqrt(edge_sh.shape[1]) - 1
@@ -319,24 +308,20 @@ class EdgeGeometry:
             padded[:, :, l * l : (l + 1) ** 2].transpose(1, 2).contiguous() for l in range(lmax + 1)
         )
         src = edge_index[0]
-        pair_radial = pair_of_edge = src_ext = None
-        if reverse is not None:
-            edge = torch.arange(reverse.shape[0], device=reverse.device)
-            first = torch.minimum(edge, reverse)  # the pair's edge with the lower index
-            keep = first == edge
-            pair_of_edge = (torch.cumsum(keep, 0) - 1).index_select(0, first)
-            pair_of_edge = torch.cat([pair_of_edge, keep.sum().reshape(1)])  # + P: zero row
-            zero = edge_radial.new_zeros((1, edge_radial.shape[1]))
-            pair_radial = torch.cat([edge_radial[keep], zero])
-            src_ext = torch.cat([src, src.new_zeros(1)])
+        if reverse is None:
+            reverse = reverse_edges(edge_index, n_atoms)
+        edge = torch.arange(reverse.shape[0], device=reverse.device)
+        first = torch.minimum(edge, reverse)  # the pair's edge with the lower index
+        keep = first == edge
+        pair_of_edge = (torch.cumsum(keep, 0) - 1).index_select(0, first)
+        pair_of_edge = torch.cat([pair_of_edge, keep.sum().reshape(1)])  # + P: zero row
+        zero = edge_radial.new_zeros((1, edge_radial.shape[1]))
         return cls(
-            src=src,
-            radial=edge_radial,
             table=table,
             sh_t=sh_t,
-            pair_radial=pair_radial,
+            pair_radial=torch.cat([edge_radial[keep], zero]),
             pair_of_edge=pair_of_edge,
-            src_ext=src_ext,
+            src_ext=torch.cat([src, src.new_zeros(1)]),
         )
 
 
@@ -404,14 +389,10 @@ class EdgeDensity(nn.Module):
         """Per l with channels: the neighbour sum (A, 2l + 1, mul), before the 1/sqrt norm."""
         if len(edges.sh_t) < len(self.muls):
             raise ValueError(f"edge spherical harmonics up to l = {len(self.muls) - 1} needed")
-        if edges.pair_of_edge is None:
-            g = self.lin(s)[edges.src] * self.radial(edges.radial)  # (E, n_ch)
-            g = torch.cat([g, g.new_zeros((1, g.shape[1]))])  # + the empty slots' zero row
-        else:
-            # w depends on the length alone: once per pair, then to both directions; the
-            # MLP has no biases, so the extra zero row of pair_radial gives the zero row
-            w = self.radial(edges.pair_radial).index_select(0, edges.pair_of_edge)
-            g = self.lin(s).index_select(0, edges.src_ext) * w  # (E + 1, n_ch)
+        # w depends on the length alone: once per pair, then to both directions; the MLP has
+        # no biases, so the extra zero row of pair_radial gives the empty slots' zero row
+        w = self.radial(edges.pair_radial).index_select(0, edges.pair_of_edge)
+        g = self.lin(s).index_select(0, edges.src_ext) * w  # (E + 1, n_ch)
         gp = edges.table.gather(g)  # (A, K, n_ch)
         out = []
         c0 = 0
@@ -528,49 +509,26 @@ class Interaction(nn.Module):
         self.residual = self.irreps_in == self.irreps_out
 
     def forward(
-        self,
-        x: torch.Tensor,
-        node_attr: torch.Tensor,
-        edges: EdgeGeometry,
-        element: torch.Tensor | None = None,
+        self, x: torch.Tensor, node_attr: torch.Tensor, edges: EdgeGeometry
     ) -> torch.Tensor:
-        """(A, irreps_in) node features, (A, n_elements) one-hot -> (A, irreps_out).
-
-        ``element``: see :meth:`update`.
-        """
-        return self.update(x, self.edge(x[:, : self.n_scalars], edges), node_attr, element)
+        """(A, irreps_in) node features, (A, n_elements) one-hot -> (A, irreps_out)."""
+        return self.update(x, self.edge(x[:, : self.n_scalars], edges), node_attr)
 
     def update(
-        self,
-        x: torch.Tensor,
-        a: torch.Tensor,
-        node_attr: torch.Tensor | None,
-        element: torch.Tensor | None = None,
+        self, x: torch.Tensor, a: torch.Tensor, node_attr: torch.Tensor | None
     ) -> torch.Tensor:
         """The block after the neighbour sum: (A, irreps_in) features and (A, irreps_A)
         neighbour density ``a`` -> (A, irreps_out).
 
         ``node_attr`` (A, n_elements) one-hot feeds the element self-interaction (unused by the
-        readout block). With ``element`` (A,) long, the one-hot's indices, that
-        self-interaction runs per element instead (:mod:`densnet_core.self_interaction`) and
-        the channel-wise product fused (:mod:`densnet_core.channelwise`): the same numbers,
-        used for inference.
+        readout block, whose self-interaction is a plain linear map).
         """
-        if element is None:
-            p = self.product(self.lin_left(x), self.lin_right(a))
-            a_p = torch.cat([a, p], dim=1)
-        else:  # the same product, fused (densnet_core.channelwise), written next to a
-            a_p = fused_product(self.product).after(
-                a, self.lin_left(x), self.lin_right(a), self.product.weight
-            )
-        if not self.element_self_interaction:
-            si = self.self_interaction(x)
-        elif element is not None:
-            si = element_self_interaction(self.self_interaction, x, element)
-        else:
+        p = self.product(self.lin_left(x), self.lin_right(a))
+        if self.element_self_interaction:
             si = self.self_interaction(x, node_attr)
-        out = self.lin_out(a_p) + si
-        out = self.gate(out)
+        else:
+            si = self.self_interaction(x)
+        out = self.gate(self.lin_out(torch.cat([a, p], dim=1)) + si)
         return out + x if self.residual else out
 
     def update_component_major(
@@ -1344,8 +1302,8 @@ class DensityModel(nn.Module):
                 blocks = layer.update_component_major(blocks, a, atoms_by_element, order)
             x = self.element_readout(self.layers[-1], blocks, el, edges)
             return x, edge_index, r, edge_radial, rev
-        for layer in self.layers[:-1]:
-            x = layer(x, node_attr, edges, el if per_element else None)
+        for layer in self.layers[:-1]:  # training, or a model built outside the presets
+            x = layer(x, node_attr, edges)
         if per_element:
             x = self.element_readout(self.layers[-1], x, el, edges)
         else:
@@ -1359,6 +1317,7 @@ class DensityModel(nn.Module):
         if ok is None:
             ok = len(self.layers[0].irreps_in) == 1 and all(
                 layer.element_self_interaction
+                and per_element_form(layer.self_interaction)
                 and layer.irreps_in[0][0] == layer.n_scalars
                 and simple_gate(layer.gate)
                 for layer in self.layers[:-1]

@@ -4,9 +4,10 @@ Every hidden interaction block of :class:`~densnet_core.model.DensityModel` adds
 ``o3.FullyConnectedTensorProduct(h, one_hot(element))``: with a one-hot second factor this is
 a different linear map of h for every element, but e3nn evaluates it as the full outer product
 h (x) one_hot times all elements' weights (n_elements times the work, ~2 ms per drug-like
-molecule in the ``wide`` preset). :func:`element_self_interaction` gives the same numbers from
-the same weights as one matrix product per element present and per irrep (5-6x faster);
-``tests/core/test_readout.py`` checks it against e3nn's module.
+molecule in the ``wide`` preset). :func:`element_self_interaction_blocks` gives the same numbers
+from the same weights, on component-major blocks (:mod:`densnet_core.component_major`), as one
+matrix product per element present and per irrep; ``tests/core/test_readout.py`` checks it
+against e3nn's module. Used without autograd (inference); training runs e3nn's module.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import math
 import torch
 from e3nn import o3
 
-__all__ = ["element_self_interaction"]
+__all__ = ["element_self_interaction_blocks", "per_element_form"]
 
 
-def _per_element_form(tp: o3.FullyConnectedTensorProduct) -> bool:
+def per_element_form(tp: torch.nn.Module) -> bool:
     """True when ``tp`` is (irreps) x (n x 0e) with 'uvw' weights, as the model builds it."""
     return (
-        len(tp.irreps_in2) == 1
+        isinstance(tp, o3.FullyConnectedTensorProduct)
+        and len(tp.irreps_in2) == 1
         and tp.irreps_in2[0].ir == o3.Irrep("0e")
         and tp.internal_weights
         and all(ins.connection_mode == "uvw" and ins.has_weight for ins in tp.instructions)
@@ -44,58 +46,14 @@ def _scaled_weights(tp: o3.FullyConnectedTensorProduct) -> list[torch.Tensor]:
     return weights
 
 
-def element_self_interaction(
-    tp: o3.FullyConnectedTensorProduct, x: torch.Tensor, element: torch.Tensor
-) -> torch.Tensor:
-    """``tp(x, one_hot(element))`` as one matrix product per element and irrep.
-
-    Parameters
-    ----------
-    tp
-        The block's ``FullyConnectedTensorProduct(irreps_in, n_elements x 0e, irreps_out)``.
-    x
-        (A, irreps_in) node features.
-    element
-        (A,) long: every atom's index in the model's element list (0..n_elements-1).
-
-    Returns
-    -------
-    torch.Tensor
-        (A, irreps_out), equal to ``tp(x, one_hot(element, n_elements))``.
-    """
-    if not _per_element_form(tp) or x.shape[0] == 0:
-        n_el = tp.irreps_in2.dim
-        return tp(x, torch.nn.functional.one_hot(element, n_el).to(x.dtype))
-    weights = _scaled_weights(tp)
-    sl_in = tp.irreps_in1.slices()
-    rows, values = [], []
-    for e in torch.unique(element).tolist():
-        idx = torch.nonzero(element == e).squeeze(1)
-        xe = x.index_select(0, idx)
-        blocks: list[torch.Tensor | None] = [None] * len(tp.irreps_out)
-        for ins, w in zip(tp.instructions, weights, strict=True):
-            mul1, d = tp.irreps_in1[ins.i_in1].mul, tp.irreps_in1[ins.i_in1].ir.dim
-            xb = xe[:, sl_in[ins.i_in1]].reshape(-1, mul1, d).transpose(1, 2)  # (n, d, mul1)
-            yb = torch.matmul(xb, w[:, e, :]).transpose(1, 2).reshape(len(idx), -1)
-            prev = blocks[ins.i_out]
-            blocks[ins.i_out] = yb if prev is None else prev + yb
-        for i, (mul, ir) in enumerate(tp.irreps_out):
-            if blocks[i] is None:
-                blocks[i] = xe.new_zeros((len(idx), mul * ir.dim))
-        rows.append(idx)
-        values.append(torch.cat(blocks, dim=1))  # type: ignore[arg-type]
-    out = x.new_zeros((x.shape[0], tp.irreps_out.dim))
-    return out.index_copy(0, torch.cat(rows), torch.cat(values))
-
-
 def element_self_interaction_blocks(
     tp: o3.FullyConnectedTensorProduct,
     blocks: list[torch.Tensor],
     atoms_by_element: list[tuple[int, torch.Tensor]],
     order: torch.Tensor,
 ) -> list[torch.Tensor | None]:
-    """:func:`element_self_interaction` on component-major blocks
-    (:mod:`densnet_core.component_major`).
+    """``tp(x, one_hot(element))`` on component-major blocks, one matrix product per element
+    present and per instruction.
 
     Parameters
     ----------
@@ -115,9 +73,11 @@ def element_self_interaction_blocks(
     list
         Per block of ``tp.irreps_out``: (d * A, mul_out), None where no input reaches it.
     """
-    if not _per_element_form(tp):
+    if not per_element_form(tp):
         raise ValueError("not a per-element self-interaction")
     n = order.shape[0]
+    if n == 0:
+        return [tp.weight.new_zeros((0, mul)) for mul, _ in tp.irreps_out]
     per_out: list[list[torch.Tensor]] = [[] for _ in tp.irreps_out]
     for ins, w in zip(tp.instructions, _scaled_weights(tp), strict=True):
         mul1, _, mul_out = ins.path_shape

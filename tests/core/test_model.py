@@ -290,7 +290,8 @@ def test_edge_density_equals_the_explicit_neighbour_sum(n_isolated):
     src, dst = ei
     vec = pos[src] - pos[dst]
     sh = o3.spherical_harmonics(o3.Irreps.spherical_harmonics(3), vec, True, "component")
-    radial = torch.rand(ei.shape[1], 4, generator=g, dtype=torch.float64)
+    r = vec.norm(dim=-1)
+    radial = torch.stack([torch.exp(-k * r) for k in (0.3, 0.7, 1.1, 1.9)], dim=1)  # of r alone
     edge = EdgeDensity(
         n_scalars=5, muls=[3, 2, 0, 2], n_radial=4, radial_hidden=6, avg_num_neighbors=3.0
     ).double()
@@ -319,8 +320,8 @@ def test_edge_density_equals_the_explicit_neighbour_sum(n_isolated):
 
 
 def test_edge_density_per_pair_equals_per_edge():
-    """With the reverse edges known, the radial MLP runs once per pair: the same neighbour
-    density (float64, shuffled edges, with and without autograd); both edges of a pair share
+    """The radial MLP runs once per pair of edges: the neighbour density of every edge's own
+    message (float64, shuffled edges, with and without autograd); both edges of a pair share
     one row, which holds their radial basis."""
     g = torch.Generator().manual_seed(4)
     n = 10
@@ -337,9 +338,9 @@ def test_edge_density_per_pair_equals_per_edge():
     ).double()
     s = torch.randn(n, 4, generator=g, dtype=torch.float64)
     rev = reverse_edges(ei, n)
-    per_edge = EdgeGeometry.build(ei, sh, radial, n)
     per_pair = EdgeGeometry.build(ei, sh, radial, n, reverse=rev)
-    assert per_edge.pair_of_edge is None
+    computed = EdgeGeometry.build(ei, sh, radial, n)  # the reverse found by build itself
+    assert torch.equal(computed.pair_of_edge, per_pair.pair_of_edge)
     n_pairs = ei.shape[1] // 2
     assert per_pair.pair_radial.shape == (n_pairs + 1, 3)
     pair = per_pair.pair_of_edge[:-1]
@@ -351,9 +352,16 @@ def test_edge_density_per_pair_equals_per_edge():
     assert torch.count_nonzero(per_pair.pair_radial[-1]) == 0
     assert torch.equal(per_pair.src_ext[:-1], src)
     assert torch.count_nonzero(edge.radial(per_pair.pair_radial[-1:])) == 0  # no biases
+    # against the messages of every edge, scattered to the receiving atoms
+    w = edge.lin(s)[src] * edge.radial(radial)  # (E, channels), channels l-major
+    parts, c0 = [], 0
+    for l, mul in enumerate(edge.muls):
+        msg = (w[:, c0 : c0 + mul, None] * sh[:, None, l * l : (l + 1) ** 2]).reshape(len(src), -1)
+        parts.append(torch.zeros(n, msg.shape[1], dtype=msg.dtype).index_add(0, dst, msg))
+        c0 += mul
+    want = torch.cat(parts, dim=1) / math.sqrt(3.0)
     for grad in (False, True):
         with torch.set_grad_enabled(grad):
-            want = edge(s, per_edge)
             got = edge(s, per_pair)
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     assert want.abs().max() > 1e-3

@@ -17,12 +17,13 @@ import torch
 from e3nn import o3
 
 from densnet_core.basis import element_irreps
+from densnet_core.component_major import from_e3nn, to_e3nn
 from densnet_core.featurize import featurize
 from densnet_core.graph import collate
 from densnet_core.level import DEFAULT_LEVEL
 from densnet_core.model import DensityModel, response_irreps
 from densnet_core.modelio import load_model, save_model
-from densnet_core.self_interaction import element_self_interaction
+from densnet_core.self_interaction import element_self_interaction_blocks
 from densnet_core.units import BOHR_PER_ANGSTROM
 
 AUX = DEFAULT_LEVEL.fit_auxbasis  # def2-universal-jkfit
@@ -86,17 +87,25 @@ def test_groups_skip_exactly_the_unread_irreps(model):
 
 
 def test_per_element_self_interaction_equals_e3nn(model):
-    """The hidden blocks' one-hot tensor product, per element, equals e3nn's module (float64),
-    for every element present or absent and for an empty batch."""
+    """The hidden blocks' one-hot tensor product, per element on component-major blocks,
+    equals e3nn's module (float64), for every element present or absent and for no atoms."""
     tp = model.layers[0].self_interaction
     g = torch.Generator().manual_seed(1)
     x = torch.randn(40, tp.irreps_in1.dim, generator=g, dtype=torch.float64)
     element = torch.tensor([0, 1, 1, 3, 5] * 8)  # elements 2 and 4 absent
     one_hot = torch.nn.functional.one_hot(element, len(model.elements)).double()
-    torch.testing.assert_close(
-        element_self_interaction(tp, x, element), tp(x, one_hot), atol=1e-12, rtol=0
-    )
-    assert element_self_interaction(tp, x[:0], element[:0]).shape == (0, tp.irreps_out.dim)
+
+    def per_element(x: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
+        present = element.unique().tolist()
+        by_element = [(e, torch.nonzero(element == e).squeeze(1)) for e in present]
+        order = torch.argsort(torch.cat([idx for _, idx in by_element] or [element]))
+        blocks = element_self_interaction_blocks(tp, from_e3nn(x, tp.irreps_in1), by_element, order)
+        return to_e3nn(blocks, tp.irreps_out, x.shape[0])
+
+    torch.testing.assert_close(per_element(x, element), tp(x, one_hot), atol=1e-12, rtol=0)
+    assert per_element(x[:0], element[:0]).shape == (0, tp.irreps_out.dim)
+    with pytest.raises(ValueError, match="per-element"):
+        element_self_interaction_blocks(model.layers[-1].self_interaction, [], [], element)
 
 
 def test_model_files_copies_and_casts_are_unaffected(model, tmp_path):
