@@ -175,47 +175,117 @@ def reverse_edges(edge_index: torch.Tensor, n_atoms: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class NeighbourTable:
-    """Every atom's incoming edges as one row of a dense, zero-padded (A, K) table.
+    """Every atom's incoming edges as rows of dense, zero-padded tables, one table per group
+    of atoms of similar in-degree.
 
     A neighbour sum ``out_i = sum_{e: dst_e = i} f(e)`` over a radius graph is, per atom, a
-    short dense reduction; laid out as (A, K, ...) it becomes batched matrix products
+    short dense reduction; laid out as (A_b, K_b, ...) it becomes batched matrix products
     (``torch.bmm``), which on a CPU are about twice as fast as gathering an (E, C) message
-    tensor and scattering it back with ``index_add_``, even with half the slots empty
-    (K is the largest in-degree of the batch, the mean is ~12 for drug-like molecules).
+    tensor and scattering it back with ``index_add_``. One table with K the largest in-degree
+    of the batch would be about half empty (in-degrees 4-24, mean 12, in 64 ChEMBL molecules
+    with the 7.5 bohr cutoff: 1.96 slots per edge); the atoms are therefore sorted by
+    in-degree and cut into at most :data:`MAX_GROUPS` groups, each padded to its own largest
+    in-degree, at the cuts that minimise the slots (1.14 slots per edge in that batch).
 
     Attributes
     ----------
     slot
-        (E,) long: position of every edge in the flattened (A * K) table, ``dst * K + rank``.
+        (E,) long: position of every edge in the flattened slots of all groups (group after
+        group, each (A_b, K_b) row-major).
     pad_index
-        (A * K,) long: the edge in every slot of the flattened table, E for the empty slots
+        (S,) long, S = sum_b A_b K_b: the edge in every slot, E for the empty slots
         (:meth:`gather`: one ``index_select`` of the edge values with a zero row appended).
+    groups
+        Per group, in slot order: (A_b, K_b).
+    atom_order
+        (A,) long: the atoms in group order (row r of the stacked groups is atom
+        ``atom_order[r]``).
+    position
+        (A,) long: the row of every atom in the stacked groups (the inverse of ``atom_order``).
+    permuted
+        False when there is one group: its rows are the atoms in their own order.
     n_atoms
-        A, the number of atoms (rows).
+        A, the number of atoms.
     k
-        K, the largest number of incoming edges of any atom (0 without edges).
+        The largest number of incoming edges of any atom (0 without edges).
     """
 
     slot: torch.Tensor
     pad_index: torch.Tensor
+    groups: tuple[tuple[int, int], ...]
+    atom_order: torch.Tensor
+    position: torch.Tensor
+    permuted: bool
     n_atoms: int
     k: int
 
-    def pad(self, edge_values: torch.Tensor) -> torch.Tensor:
-        """(E, C) per-edge values -> (A, K, C), zeros in the unused slots (differentiable)."""
-        c = edge_values.shape[1]
-        table = edge_values.new_zeros((self.n_atoms * self.k, c))
-        return table.index_copy(0, self.slot, edge_values).view(self.n_atoms, self.k, c)
+    def split(self, slots: torch.Tensor) -> list[torch.Tensor]:
+        """(S, C) values of every slot -> per group (A_b, K_b, C) views."""
+        out, start = [], 0
+        for a, k in self.groups:
+            out.append(slots[start : start + a * k].view(a, k, slots.shape[1]))
+            start += a * k
+        return out
 
-    def gather(self, edge_values: torch.Tensor) -> torch.Tensor:
-        """(E + 1, C) per-edge values whose last row is zero -> (A, K, C) (differentiable).
+    def pad(self, edge_values: torch.Tensor) -> list[torch.Tensor]:
+        """(E, C) per-edge values -> per group (A_b, K_b, C), zeros in the unused slots
+        (differentiable)."""
+        zero = edge_values.new_zeros((1, edge_values.shape[1]))
+        return self.gather(torch.cat([edge_values, zero]))
 
-        The same table as :meth:`pad` in one pass: a gather writes every slot once, where
-        ``pad``'s zero-fill and copy write the filled half twice (1.6-1.7x faster for the
-        (A, K, 144-168) tables of the density network, 64 drug-like molecules per batch).
-        """
-        c = edge_values.shape[1]
-        return edge_values.index_select(0, self.pad_index).view(self.n_atoms, self.k, c)
+    def gather(self, edge_values: torch.Tensor) -> list[torch.Tensor]:
+        """(E + 1, C) per-edge values whose last row is zero -> per group (A_b, K_b, C)
+        (differentiable; one ``index_select`` writes every slot once)."""
+        return self.split(edge_values.index_select(0, self.pad_index))
+
+    def to_atoms(self, rows: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Values whose ``dim`` runs over the stacked groups' rows -> the same in atom order
+        (contiguous)."""
+        return rows.index_select(dim, self.position) if self.permuted else rows.contiguous()
+
+
+MAX_GROUPS = 4
+"""Most atom groups of a :class:`NeighbourTable` (every group costs a few small matrix
+products per l and layer)."""
+
+GROUP_COST_SLOTS = 256
+"""What one more group costs, in slots, when :func:`neighbour_table` chooses the cuts."""
+
+
+def _degree_groups(counts: np.ndarray) -> list[tuple[int, int]]:
+    """Cut atoms sorted by in-degree into groups minimising sum_b (A_b K_b) + cost per group.
+
+    Parameters
+    ----------
+    counts
+        (A,) in-degrees, sorted ascending.
+
+    Returns
+    -------
+    list of (A_b, K_b)
+        The groups in that order (K_b: the group's largest in-degree).
+    """
+    values, n_per = np.unique(counts, return_counts=True)
+    n_vals = len(values)
+    first = np.concatenate([[0], np.cumsum(n_per)])  # atoms before each distinct value
+    # best[g][j]: least cost of the first j distinct values in g groups; cut[g][j]: last start
+    inf = float("inf")
+    best = np.full((MAX_GROUPS + 1, n_vals + 1), inf)
+    cut = np.zeros((MAX_GROUPS + 1, n_vals + 1), dtype=int)
+    best[0, 0] = 0.0
+    for g in range(1, MAX_GROUPS + 1):
+        for j in range(1, n_vals + 1):
+            for i in range(j):  # the g-th group holds the distinct values i..j-1
+                cost = best[g - 1, i] + (first[j] - first[i]) * values[j - 1] + GROUP_COST_SLOTS
+                if cost < best[g, j]:
+                    best[g, j], cut[g, j] = cost, i
+    g = int(np.argmin(best[:, n_vals]))
+    groups, j = [], n_vals
+    while g > 0:
+        i = int(cut[g, j])
+        groups.append((int(first[j] - first[i]), int(values[j - 1])))
+        j, g = i, g - 1
+    return groups[::-1]
 
 
 def neighbour_table(edge_dst: torch.Tensor, n_atoms: int) -> NeighbourTable:
@@ -231,22 +301,44 @@ def neighbour_table(edge_dst: torch.Tensor, n_atoms: int) -> NeighbourTable:
     Returns
     -------
     NeighbourTable
-        Edges keep their relative order within each atom's row.
+        Edges keep their relative order within each atom's row; atoms of equal in-degree keep
+        their relative order.
     """
+    n_atoms = int(n_atoms)
     n_edges = int(edge_dst.shape[0])
-    if n_edges == 0:
-        empty = edge_dst.new_zeros((0,))
-        return NeighbourTable(slot=empty, pad_index=empty, n_atoms=int(n_atoms), k=0)
+    device = edge_dst.device
+    counts = torch.bincount(edge_dst, minlength=n_atoms)
+    atom_order = torch.argsort(counts, stable=True)
+    groups = _degree_groups(counts[atom_order].cpu().numpy()) if n_atoms else []
+    permuted = len(groups) > 1
+    if not permuted:  # one table: the atoms keep their order
+        atom_order = torch.arange(n_atoms, device=device)
+        groups = [(n_atoms, int(counts.max()))] if n_atoms else []
+    position = torch.empty_like(atom_order)
+    position[atom_order] = torch.arange(n_atoms, device=device)
+    # first slot of every row of the stacked groups
+    row_start = np.zeros(n_atoms, dtype=np.int64)
+    row, slot0 = 0, 0
+    for a, k in groups:
+        row_start[row : row + a] = slot0 + k * np.arange(a)
+        row, slot0 = row + a, slot0 + a * k
     order = torch.argsort(edge_dst, stable=True)
-    counts = torch.bincount(edge_dst, minlength=int(n_atoms))
     first = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(edge_dst)
-    rank[order] = torch.arange(n_edges, device=edge_dst.device) - first[edge_dst[order]]
-    k = int(counts.max())
-    slot = edge_dst * k + rank
-    pad_index = torch.full((int(n_atoms) * k,), n_edges, dtype=torch.long, device=edge_dst.device)
-    pad_index[slot] = torch.arange(n_edges, device=edge_dst.device)
-    return NeighbourTable(slot=slot, pad_index=pad_index, n_atoms=int(n_atoms), k=k)
+    rank[order] = torch.arange(n_edges, device=device) - first[edge_dst[order]]
+    slot = torch.as_tensor(row_start, device=device)[position[edge_dst]] + rank
+    pad_index = torch.full((slot0,), n_edges, dtype=torch.long, device=device)
+    pad_index[slot] = torch.arange(n_edges, device=device)
+    return NeighbourTable(
+        slot=slot,
+        pad_index=pad_index,
+        groups=tuple(groups),
+        atom_order=atom_order,
+        position=position,
+        permuted=permuted,
+        n_atoms=n_atoms,
+        k=int(counts.max()) if n_atoms else 0,
+    )
 
 
 def element_gather_indices(

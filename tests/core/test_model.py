@@ -21,6 +21,7 @@ import torch
 from e3nn import o3
 from e3nn.util.test import assert_equivariant
 
+from densnet_core import graph as graph_module
 from densnet_core.graph import (
     MoleculeInput,
     centre_of_nuclear_charge,
@@ -278,9 +279,11 @@ def test_radius_graph_only_pairs_within_molecules():
     assert len(got) > 0
 
 
-@pytest.mark.parametrize("n_isolated", [0, 1])
-def test_edge_density_equals_the_explicit_neighbour_sum(n_isolated):
-    """The padded-table neighbour sum equals sum_j w(r_ij) s_j Y(r_hat_ij), edges in any order."""
+@pytest.mark.parametrize(("n_isolated", "group_cost"), [(0, 256), (1, 256), (1, 0)])
+def test_edge_density_equals_the_explicit_neighbour_sum(n_isolated, group_cost, monkeypatch):
+    """The padded-table neighbour sum equals sum_j w(r_ij) s_j Y(r_hat_ij), edges in any order,
+    in one table or (free groups) in several tables of atoms grouped by in-degree."""
+    monkeypatch.setattr(graph_module, "GROUP_COST_SLOTS", group_cost)
     g = torch.Generator().manual_seed(1)
     n = 9 + n_isolated
     pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * 2.0
@@ -313,10 +316,75 @@ def test_edge_density_equals_the_explicit_neighbour_sum(n_isolated):
         assert torch.count_nonzero(got[9:]) == 0
     table = neighbour_table(dst, n)
     assert table.k == int(torch.bincount(dst, minlength=n).max())
+    assert (len(table.groups) > 1) == (group_cost == 0) == table.permuted
     assert len(set(table.slot.tolist())) == len(dst)  # every edge its own slot
+    # every atom's row holds exactly its incoming edges, then zeros
     vals = torch.randn(len(dst), 3, generator=g, dtype=torch.float64)
-    with_zero_row = torch.cat([vals, vals.new_zeros((1, 3))])
-    assert torch.equal(table.gather(with_zero_row), table.pad(vals))
+    rows = torch.cat([p.reshape(p.shape[0], -1) for p in _pad_rows(table, vals)])
+    for atom in range(n):
+        row = rows[table.position[atom]].view(-1, 3)
+        mine = vals[dst == atom]
+        torch.testing.assert_close(row[: len(mine)], mine, atol=0, rtol=0)
+        assert torch.count_nonzero(row[len(mine) :]) == 0
+    assert torch.equal(table.atom_order[table.position], torch.arange(n))
+
+
+def _rdkit_geometry(smiles: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Atomic numbers and an RDKit (ETKDG) geometry in bohr."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    assert AllChem.EmbedMolecule(mol, randomSeed=seed) == 0
+    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    return numbers, mol.GetConformer().GetPositions() * 1.8897261246
+
+
+def _pad_rows(table, vals: torch.Tensor) -> list[torch.Tensor]:
+    """Per group, (A_b, K, 3): the group's table widened to the largest K, for comparison."""
+    out = []
+    for p in table.pad(vals):
+        wide = p.new_zeros((p.shape[0], table.k, 3))
+        wide[:, : p.shape[1]] = p
+        out.append(wide)
+    return out
+
+
+def test_in_degree_groups_minimise_the_slots():
+    """The cuts of the atoms sorted by in-degree are the best of all cuts into at most
+    MAX_GROUPS groups (brute force on small cases), and a real batch of 64 drug-like molecules
+    needs far fewer slots than one table padded to its largest in-degree."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    cost = graph_module.GROUP_COST_SLOTS
+    for _ in range(30):
+        counts = np.sort(rng.integers(0, 25, size=int(rng.integers(1, 40))))
+        got = graph_module._degree_groups(counts)
+        assert sum(a for a, _ in got) == len(counts)
+        got_cost = sum(a * k + cost for a, k in got)
+        values = np.unique(counts)
+        best = float("inf")
+        for n_cuts in range(graph_module.MAX_GROUPS):
+            for cuts in itertools.combinations(range(1, len(values)), n_cuts):
+                bounds = [0, *cuts, len(values)]
+                c = 0
+                for i, j in itertools.pairwise(bounds):
+                    members = (counts >= values[i]) & (counts <= values[j - 1])
+                    c += int(members.sum()) * int(values[j - 1]) + cost
+                best = min(best, c)
+        assert got_cost == best
+    numbers, pos = [], []
+    for k, smi in enumerate(["CC(=O)Nc1ccc(O)cc1", "c1ccc2[nH]ccc2c1", "OCC(N)C(=O)O"] * 21):
+        z, x = _rdkit_geometry(smi, seed=k)
+        numbers.append(z)
+        pos.append(torch.as_tensor(x) + 1000.0 * k)  # far apart: one graph per molecule
+    positions = torch.cat(pos)
+    dst = radius_graph(positions, torch.zeros(len(positions), dtype=torch.long), 7.5)[1]
+    table = neighbour_table(dst, len(positions))
+    slots = sum(a * k for a, k in table.groups)
+    assert 1 < len(table.groups) <= graph_module.MAX_GROUPS
+    assert slots < 0.8 * len(positions) * table.k
 
 
 def test_edge_density_per_pair_equals_per_edge():
@@ -340,17 +408,19 @@ def test_edge_density_per_pair_equals_per_edge():
     rev = reverse_edges(ei, n)
     per_pair = EdgeGeometry.build(ei, sh, radial, n, reverse=rev)
     computed = EdgeGeometry.build(ei, sh, radial, n)  # the reverse found by build itself
-    assert torch.equal(computed.pair_of_edge, per_pair.pair_of_edge)
+    assert torch.equal(computed.slot_pair, per_pair.slot_pair)
     n_pairs = ei.shape[1] // 2
     assert per_pair.pair_radial.shape == (n_pairs + 1, 3)
-    pair = per_pair.pair_of_edge[:-1]
+    table = per_pair.table
+    pair = per_pair.slot_pair[table.slot]  # the pair of every edge
     assert torch.equal(pair, pair[rev])
     assert len(set(pair.tolist())) == n_pairs
     torch.testing.assert_close(per_pair.pair_radial[pair], radial, atol=1e-14, rtol=0)
-    # the empty slots' row: a zero radial basis, read by the extra entry
-    assert int(per_pair.pair_of_edge[-1]) == n_pairs
+    assert torch.equal(per_pair.slot_src[table.slot], src)
+    # the empty slots read the zero row of the radial basis
+    empty = table.pad_index == ei.shape[1]
+    assert bool(empty.any()) and bool((per_pair.slot_pair[empty] == n_pairs).all())
     assert torch.count_nonzero(per_pair.pair_radial[-1]) == 0
-    assert torch.equal(per_pair.src_ext[:-1], src)
     assert torch.count_nonzero(edge.radial(per_pair.pair_radial[-1:])) == 0  # no biases
     # against the messages of every edge, scattered to the receiving atoms
     w = edge.lin(s)[src] * edge.radial(radial)  # (E, channels), channels l-major
