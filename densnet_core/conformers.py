@@ -66,6 +66,7 @@ from densnet_core.conformer_pool import process_records as process_records
 from densnet_core.conformer_pool import shared_pool as shared_pool
 from densnet_core.conformer_pool import shutdown_shared_pools as shutdown_shared_pools
 from densnet_core.inputs import InputRecord, as_record, read_records
+from densnet_core.ood import ring_systems_of_mol
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def _base_row(record: InputRecord) -> dict[str, Any]:
         K.POSITIONS_ANGSTROM: [],
         K.INPUT_SMILES: input_smiles,
         K.N_HEAVY_ATOMS: 0,
+        K.RING_SYSTEMS: None,
         K.MMFF_ENERGY_KCAL: math.nan,
         K.FORCE_FIELD: "none",
         K.FRAGMENT_NOTE: "",
@@ -306,11 +308,17 @@ def _inchikey(mol: Chem.Mol) -> str:
 
 
 def _identity(row: dict[str, Any], mol: Chem.Mol) -> None:
-    """Fill smiles, mol_id, charge, multiplicity and n_heavy_atoms from ``mol`` (no Hs)."""
+    """Fill smiles, mol_id, charge, multiplicity, n_heavy_atoms and ring_systems from ``mol``
+    (no Hs). The ring systems are those the prediction's applicability check
+    (:func:`densnet_core.ood.ood_reasons`) would otherwise find by parsing the SMILES again."""
     try:
         row[K.SMILES] = Chem.MolToSmiles(mol)
     except Exception:
         pass
+    try:
+        row[K.RING_SYSTEMS] = list(ring_systems_of_mol(mol))
+    except Exception:
+        row[K.RING_SYSTEMS] = None
     key = _inchikey(mol)
     if key:
         row[K.MOL_ID] = key

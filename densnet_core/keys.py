@@ -25,6 +25,7 @@ FF_CONVERGED = "ff_converged"  # bool | None: force-field optimisation met RDKit
 FRAGMENT_NOTE = "fragment_note"  # str: what was stripped (salts, solvents); "" if nothing
 STEREO_NOTE = "stereo_note"  # str: unassigned stereocentres embedded at random; "" if none
 N_HEAVY_ATOMS = "n_heavy_atoms"  # int
+RING_SYSTEMS = "ring_systems"  # list<str>: ring-system keys (densnet_core.ood); None if unknown
 INPUT_NOTE = "input_note"  # str: remarks on the input (generated name, 2D SDF embedded...); ""
 
 # --- outcome ---------------------------------------------------------------------------------

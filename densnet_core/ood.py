@@ -54,6 +54,7 @@ __all__ = [
     "ood_flags",
     "ood_reasons",
     "ring_systems",
+    "ring_systems_of_mol",
     "training_ring_systems",
 ]
 
@@ -68,6 +69,21 @@ def _ring_systems_cached(smiles: str) -> tuple[str, ...] | None:
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         return None
+    return ring_systems_of_mol(mol)
+
+
+def ring_systems_of_mol(mol: Any) -> tuple[str, ...]:
+    """The ring systems of a sanitised RDKit molecule (with or without explicit hydrogens) as
+    sorted unique keys: what :func:`ring_systems` gives for its SMILES, without parsing it
+    again (the conformer stage records them: ``ring_systems`` of the conformers table).
+
+    The ring information is computed afresh (symmetrised SSSR) on a copy: a fragment cut
+    from a salt (:func:`densnet_core.conformers.keep_largest_fragment`) has none.
+    """
+    from rdkit import Chem
+
+    mol = Chem.Mol(mol)
+    Chem.GetSymmSSSR(mol)
     info = mol.GetRingInfo()
     atom_rings = info.AtomRings()
     if not atom_rings:
@@ -386,6 +402,7 @@ def ood_reasons(
     std_dipole_debye: Sequence[float] | np.ndarray,
     std_alpha_iso_au: Sequence[float] | np.ndarray,
     calibration: OODCriteria | Mapping[str, Any],
+    rings: Sequence[Sequence[str] | None] | None = None,
 ) -> list[str]:
     """Why each molecule is out of distribution ("" = in distribution).
 
@@ -401,6 +418,10 @@ def ood_reasons(
         (B,) ensemble spread of alpha_iso, bohr^3.
     calibration
         :class:`OODCriteria`, or an ``ensemble.json`` dict.
+    rings
+        (B,) the molecules' ring systems when already known (the ``ring_systems`` column of
+        the conformers table, :func:`ring_systems_of_mol`), None per molecule or overall to
+        find them from the SMILES.
 
     Returns
     -------
@@ -416,6 +437,9 @@ def ood_reasons(
     sa = np.asarray(std_alpha_iso_au, dtype=float).reshape(-1)
     if not (len(smiles) == len(numbers) == sd.shape[0] == sa.shape[0]):
         raise ValueError("smiles, numbers and the two std arrays must have the same length")
+    given_rings = None if rings is None else list(rings)
+    if given_rings is not None and len(given_rings) != len(smiles):
+        raise ValueError("rings must have one entry per molecule")
     out: list[str] = []
     for b, smi in enumerate(smiles):
         why: list[str] = []
@@ -423,8 +447,11 @@ def ood_reasons(
         if unseen:
             why.append("element absent from training: " + ", ".join(_symbol(z) for z in unseen))
         known = crit.training_ring_systems
-        rings = ring_systems(smi) if smi and known is not None else None
-        new_rings = [r for r in rings or () if known is not None and r not in known]
+        mine: Sequence[str] | None = None
+        if known is not None:
+            given = None if given_rings is None else given_rings[b]
+            mine = ring_systems(smi) if given is None and smi else given
+        new_rings = [r for r in mine or () if known is not None and r not in known]
         if new_rings:
             why.append("ring system absent from training: " + ", ".join(new_rings))
         if crit.max_heavy_atoms is not None:

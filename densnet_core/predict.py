@@ -495,6 +495,7 @@ class Predictor:
                     [out[i][K.DIPOLE_DEBYE_STD] for i in done],
                     [out[i][K.ALPHA_ISO_AU_STD] for i in done],
                     self.ood_criteria,
+                    rings=[_ring_list(rows[i].get(K.RING_SYSTEMS)) for i in done],
                 )
             except Exception as exc:  # pragma: no cover - defensive
                 reasons = [f"applicability check failed: {type(exc).__name__}: {exc}"] * len(done)
@@ -578,6 +579,13 @@ def _as_sequence(value: Any) -> Sequence[Any] | np.ndarray:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return []
     return value
+
+
+def _ring_list(value: Any) -> list[str] | None:
+    """A row's ``ring_systems`` as a list of keys; None when unknown (missing, null, NaN)."""
+    if value is None or isinstance(value, float | str):
+        return None
+    return [str(v) for v in value]
 
 
 def _numbers_array(value: Any) -> np.ndarray:

@@ -69,6 +69,56 @@ def test_ood_flags_unseen_element_ring_and_uncertainty_not_training_molecules():
     assert ood_flags(reasons) == [False, False, True, True, True, True, True]
 
 
+def test_given_ring_systems_are_used_and_missing_ones_found_from_the_smiles():
+    """Ring systems the conformer stage recorded replace parsing the SMILES; None (a
+    conformers table written before the column existed) falls back to the SMILES."""
+    smiles = ["c1ccc2ncccc2c1", "c1ccc2ncccc2c1", "CCO"]
+    numbers = [[6] * 9 + [7] + [1] * 7] * 2 + [[6, 6, 8] + [1] * 6]
+    nan = np.full(3, np.nan)
+    rings = [["c1ccncc1"], None, ["C1CC1"]]  # the first and last differ from their SMILES
+    reasons = ood_reasons(smiles, numbers, nan, nan, CRIT, rings=rings)
+    assert reasons == [
+        "",
+        "ring system absent from training: c1ccc2ncccc2c1",
+        "ring system absent from training: C1CC1",
+    ]
+    with pytest.raises(ValueError, match="one entry per molecule"):
+        ood_reasons(smiles, numbers, nan, nan, CRIT, rings=rings[:2])
+
+
+def test_conformer_stage_ring_systems_equal_those_of_the_smiles():
+    """The ring systems recorded from the processed molecule (salts stripped; SDF molecules
+    with explicit hydrogens) equal what the SMILES gives, on real NCI records (salts, metals,
+    odd valences) and on 3D SDF blocks written from them."""
+    from pathlib import Path
+
+    from rdkit import Chem, RDConfig
+    from rdkit.Chem import AllChem
+
+    from densnet_core import keys as K
+    from densnet_core.conformers import _identity, _parse_smiles, keep_largest_fragment
+    from densnet_core.ood import ring_systems_of_mol
+
+    lines = (Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi").read_text().splitlines()
+    compared = salts = 0
+    for line in lines[:1500]:
+        mol, _ = _parse_smiles(line.split()[0])
+        if mol is None:
+            continue
+        mol, note = keep_largest_fragment(mol)
+        salts += bool(note)
+        row: dict = {}
+        _identity(row, mol)
+        assert row[K.RING_SYSTEMS] == ring_systems(row[K.SMILES]), row[K.SMILES]
+        compared += 1
+    assert compared > 1400 and salts > 20
+    for seed, smi in enumerate(["CN1CCC(CC1)c1ccc2[nH]ccc2c1", "O=C(O)c1ccccc1C1CC12CC2"]):
+        mol_h = Chem.AddHs(Chem.MolFromSmiles(smi))
+        assert AllChem.EmbedMolecule(mol_h, randomSeed=seed) == 0
+        block = Chem.MolFromMolBlock(Chem.MolToMolBlock(mol_h), removeHs=False)
+        assert list(ring_systems_of_mol(block)) == ring_systems(smi)
+
+
 def test_ood_from_manifest_dict_and_several_reasons():
     manifest = {
         "training_elements": [1, 6, 8],
