@@ -727,7 +727,7 @@ def project_electron_count(
     qu = _scatter_sum(q64 * u64, coef_mol_index, n_mol)
     ok = qu.abs() > 1e-12
     lam = torch.where(ok, (n_electrons.double() - qc) / torch.where(ok, qu, 1.0), 0.0)
-    return coeffs + (u64 * lam[..., coef_mol_index]).to(coeffs.dtype)
+    return coeffs + (u64 * lam.index_select(-1, coef_mol_index)).to(coeffs.dtype)
 
 
 def electron_count(
