@@ -202,12 +202,8 @@ class NeighbourTable:
         ``atom_order[r]``).
     position
         (A,) long: the row of every atom in the stacked groups (the inverse of ``atom_order``).
-    permuted
-        False when there is one group: its rows are the atoms in their own order.
     n_atoms
         A, the number of atoms.
-    k
-        The largest number of incoming edges of any atom (0 without edges).
     """
 
     slot: torch.Tensor
@@ -215,9 +211,17 @@ class NeighbourTable:
     groups: tuple[tuple[int, int], ...]
     atom_order: torch.Tensor
     position: torch.Tensor
-    permuted: bool
     n_atoms: int
-    k: int
+
+    @property
+    def permuted(self) -> bool:
+        """False when there is one group: its rows are the atoms in their own order."""
+        return len(self.groups) > 1
+
+    @property
+    def k(self) -> int:
+        """The largest number of incoming edges of any atom (0 without edges)."""
+        return max((k for _, k in self.groups), default=0)
 
     def split(self, slots: torch.Tensor) -> list[torch.Tensor]:
         """(S, C) values of every slot -> per group (A_b, K_b, C) views."""
@@ -310,8 +314,7 @@ def neighbour_table(edge_dst: torch.Tensor, n_atoms: int) -> NeighbourTable:
     counts = torch.bincount(edge_dst, minlength=n_atoms)
     atom_order = torch.argsort(counts, stable=True)
     groups = _degree_groups(counts[atom_order].cpu().numpy()) if n_atoms else []
-    permuted = len(groups) > 1
-    if not permuted:  # one table: the atoms keep their order
+    if len(groups) <= 1:  # one table: the atoms keep their order
         atom_order = torch.arange(n_atoms, device=device)
         groups = [(n_atoms, int(counts.max()))] if n_atoms else []
     position = torch.empty_like(atom_order)
@@ -335,9 +338,7 @@ def neighbour_table(edge_dst: torch.Tensor, n_atoms: int) -> NeighbourTable:
         groups=tuple(groups),
         atom_order=atom_order,
         position=position,
-        permuted=permuted,
         n_atoms=n_atoms,
-        k=int(counts.max()) if n_atoms else 0,
     )
 
 
