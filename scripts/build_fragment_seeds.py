@@ -5,9 +5,12 @@
         --prefix fragn --n 60
     python scripts/build_fragment_seeds.py -o data/seed/fragments-r2-nci --library nci \
         --radius 2 --max-heavy-atoms 8 --prefix fragr2n --n 30
+    python scripts/build_fragment_seeds.py -o data/seed/fragments-r2-phos --library nci \
+        --element P --radius 2 --prefix fragr2p --n 40 --queued QUEUED_CONFORMERS
 
 reads the ChEMBL lead-optimization series shipped with RDKit (``--library nci``: RDKit's NCI
-``first_5K.smi``; or any .smi path),
+``first_5K.smi``; or any .smi path; ``--element P``: only its molecules that contain
+phosphorus, for a round aimed at an element the labels have few of),
 enumerates its capped fragments (``densnet_core.fragments``, <= ``--max-heavy-atoms``), drops
 those already labelled (``--labels``) or in the heterocycle benchmark or one substituent away
 from one (kept unseen), picks
@@ -40,6 +43,17 @@ def _smi(path: str | Path) -> list[str]:
     return [r.smiles for r in read_records(path) if r.smiles and not r.error]
 
 
+def _has_elements(smiles: str, symbols: list[str]) -> bool:
+    """True if the molecule contains every element of ``symbols`` (True for an empty list)."""
+    if not symbols:
+        return True
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles)
+    present = {a.GetSymbol() for a in mol.GetAtoms()} if mol is not None else set()
+    return set(symbols) <= present
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", type=Path, required=True)
@@ -53,6 +67,13 @@ def main() -> None:
         default=[],
         help="input file (e.g. an earlier round's conformers table) of molecules not yet "
         "labelled but queued: counted as covered and not picked again; repeatable",
+    )
+    ap.add_argument(
+        "--element",
+        action="append",
+        default=[],
+        help="keep only library molecules containing this element symbol (e.g. P); repeatable: "
+        "all must be present",
     )
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--max-heavy-atoms", type=int, default=10)
@@ -68,8 +89,10 @@ def main() -> None:
     args = ap.parse_args()
 
     library = LIBRARIES.get(args.library, args.library)
+    library_smiles = [s for s in _smi(library) if _has_elements(s, args.element)]
+    print(f"library molecules: {len(library_smiles)}")
     frags, counts = F.library_fragments(
-        _smi(library), max_heavy_atoms=args.max_heavy_atoms, radius=args.radius
+        library_smiles, max_heavy_atoms=args.max_heavy_atoms, radius=args.radius
     )
     bench = (
         [(r.name, r.smiles) for r in read_records(args.exclude) if r.smiles and not r.error]
