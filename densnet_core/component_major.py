@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from e3nn import o3
 
+from densnet_core.deferred_codegen import DeferredGraph
+
 __all__ = [
     "ComponentMajorLinear",
     "ComponentMajorProduct",
@@ -190,7 +192,11 @@ def _wigner_3j(tp: Any, l1: int, l2: int, l3: int) -> torch.Tensor:
     exact value where its generated code has none (the specialised l1 = 0 and 1 x 1 -> 1
     paths)."""
     compiled = getattr(tp, "_compiled_main_left_right", None)
-    own = getattr(compiled, f"_w3j_{l1}_{l2}_{l3}", None)
+    name = f"_w3j_{l1}_{l2}_{l3}"
+    if isinstance(compiled, DeferredGraph):  # a model loaded for prediction
+        own = compiled.constant(name)
+    else:
+        own = getattr(compiled, name, None)
     if isinstance(own, torch.Tensor):
         return own.detach().to(device="cpu", dtype=torch.float64)
     return o3.wigner_3j(l1, l2, l3, dtype=torch.float64)

@@ -1240,11 +1240,21 @@ class DensityModel(nn.Module):
         return cls.from_preset(preset, irreps_by_element=irreps, aux_basis=aux_basis, **overrides)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> DensityModel:
-        """Rebuild from ``model.config`` (e.g. after a JSON round trip; keys may be strings)."""
+    def from_config(
+        cls, config: Mapping[str, Any], *, deferred_codegen: bool = False
+    ) -> DensityModel:
+        """Rebuild from ``model.config`` (e.g. after a JSON round trip; keys may be strings).
+
+        ``deferred_codegen``: e3nn's generated code is built on first use
+        (:mod:`densnet_core.deferred_codegen`; for prediction, where most of it is never
+        called).
+        """
+        from densnet_core.deferred_codegen import deferred_e3nn_codegen
+
         cfg = dict(config)
         cfg["irreps_by_element"] = {int(z): ir for z, ir in cfg["irreps_by_element"].items()}
-        return cls(**cfg)
+        with deferred_e3nn_codegen() if deferred_codegen else contextlib.nullcontext():
+            return cls(**cfg)
 
     def collate(
         self,

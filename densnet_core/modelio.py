@@ -279,7 +279,9 @@ def read_model_info(model_dir: str | os.PathLike[str]) -> ModelInfo:
     )
 
 
-def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> tuple[Any, ModelInfo]:
+def load_model(
+    model_dir: str | os.PathLike[str], *, device: str = "cpu", deferred_codegen: bool = False
+) -> tuple[Any, ModelInfo]:
     """Load a model directory.
 
     Parameters
@@ -288,6 +290,10 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> tup
         Folder written by :func:`save_model`.
     device
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    deferred_codegen
+        Build e3nn's generated code on first use (:mod:`densnet_core.deferred_codegen`): for
+        prediction, which never calls most of it. Should the weights not fit the deferred
+        build, the model is built again the usual way before any error is reported.
 
     Returns
     -------
@@ -315,11 +321,13 @@ def load_model(model_dir: str | os.PathLike[str], *, device: str = "cpu") -> tup
             f"{Path(model_dir) / WEIGHTS_FILE} is not a valid safetensors file ({exc}); "
             "refusing to load it (densnet never unpickles model files)"
         ) from exc
-    model = DensityModel.from_config(info.config)
+    model = DensityModel.from_config(info.config, deferred_codegen=deferred_codegen)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelFileError(f"{model_dir}: weights do not match the config ({exc})") from exc
+        if not deferred_codegen:
+            raise ModelFileError(f"{model_dir}: weights do not match the config ({exc})") from exc
+        return load_model(model_dir, device=device, deferred_codegen=False)
     dev = resolve_device(device)
     return model.float().to(dev).eval(), info
 

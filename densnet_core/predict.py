@@ -320,7 +320,7 @@ class Predictor:
             self.ood_criteria = OODCriteria.from_manifest(domain)
             first = self.ensemble.members[0]
         else:
-            self.model, self.info = load_model(self.model_dir, device=device)
+            self.model, self.info = load_model(self.model_dir, device=device, deferred_codegen=True)
             self.model_id = self.info.model_id
             self.supported_elements = set(self.info.elements)
             domain = complete_domain(self.info.card, base_dirs=(repo,))

@@ -24,20 +24,10 @@ from densnet_core.level import DEFAULT_LEVEL
 from densnet_core.model import DensityModel, response_irreps
 from densnet_core.modelio import load_model, save_model
 from densnet_core.self_interaction import element_self_interaction_blocks
-from densnet_core.units import BOHR_PER_ANGSTROM
+from tests.core._geometries import rdkit_geometry
 
 AUX = DEFAULT_LEVEL.fit_auxbasis  # def2-universal-jkfit
 ELEMENTS = (1, 6, 7, 8, 16, 35)
-
-
-def _geometry(smiles: str, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    from rdkit import Chem
-    from rdkit.Chem import AllChem
-
-    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
-    assert AllChem.EmbedMolecule(mol, randomSeed=seed) == 0
-    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
-    return numbers, mol.GetConformer().GetPositions() * BOHR_PER_ANGSTROM
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +54,7 @@ def _batch(model: DensityModel, mols: list[tuple[np.ndarray, np.ndarray]]) -> di
     )
 
 
-MOLS = [_geometry("CSc1ccc(Br)cc1NC=O"), _geometry("OCC(=O)N")]
+MOLS = [rdkit_geometry("CSc1ccc(Br)cc1NC=O"), rdkit_geometry("OCC(=O)N")]
 
 
 def test_groups_skip_exactly_the_unread_irreps(model):
