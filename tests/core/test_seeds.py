@@ -106,6 +106,7 @@ TARGETED_ROUNDS = (
     "fragments-r2-chembl/fragments.csv",
     "fragments-nci3/fragments.csv",
     "fragments-r2-phos/fragments.csv",
+    "fragments-r2-sulfur/fragments.csv",
 )
 
 
