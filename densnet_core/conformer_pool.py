@@ -20,6 +20,8 @@ import atexit
 import math
 import multiprocessing
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -54,9 +56,25 @@ def _ping() -> int:
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
-    """A process pool for conformer batches (``spawn`` start: safe with threads running)."""
-    ctx = multiprocessing.get_context("spawn")
+    """A process pool for conformer batches.
+
+    The workers are *forked* when that is safe: this process runs no other thread and has not
+    imported torch (whose OpenMP pool does not survive a fork), as on the command line before
+    its torch import. A forked worker skips a fresh interpreter's start-up; it imports RDKit
+    in its initializer, in parallel with this process. Otherwise (a Prefect flow's threads, a
+    notebook that imported torch) they are spawned.
+    """
+    ctx = multiprocessing.get_context("fork" if _fork_is_safe() else "spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
+
+
+def _fork_is_safe() -> bool:
+    """Whether worker processes can be forked from this one (see :func:`make_pool`)."""
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and "torch" not in sys.modules
+    )
 
 
 _SHARED_POOLS: dict[int, ProcessPoolExecutor] = {}

@@ -1151,6 +1151,12 @@ def _stream_conformer_batches(
     stream_rows = max(1, predictor.batch_size // 2)
     n_records, records_done = conformer_stage.n_records, 0
     notify("conformers", 0, n_records)
+    if conformer_stage.working():
+        # The conformers table is written next, and pyarrow's first conversion imports pandas
+        # (~0.6 CPU-s, serial in this process before the workers fork). While the pool still
+        # works this process would wait anyway: import it now.
+        import pandas  # noqa: F401
+
     for number, rows in conformer_stage:
         batches[number] = rows
         queued.append(number)

@@ -23,13 +23,15 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from densnet_core import keys as K
+
+if TYPE_CHECKING:  # imported where used: the command line resolves models without it
+    import pandas as pd
 
 SCHEMA_VERSION = "1"
 
@@ -144,6 +146,8 @@ def to_arrow(data: pd.DataFrame | Sequence[Mapping[str, Any]], table: str) -> pa
     SchemaError
         If a declared column is missing or a value cannot be converted to its type.
     """
+    import pandas as pd
+
     schema = schema_for(table)
     df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
     if df.empty and len(df.columns) == 0:
@@ -350,6 +354,8 @@ def read_dataset(directory: str | os.PathLike[str], table: str | None = None) ->
         tables.append(tbl)
     if not tables:
         if table is None:
+            import pandas as pd
+
             return pd.DataFrame()
         return from_arrow(schema_for(table).empty_table())
     return from_arrow(pa.concat_tables(tables, promote_options="default"))

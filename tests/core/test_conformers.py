@@ -475,3 +475,49 @@ def test_conformers_table_filtered_in_pandas_is_still_an_input(tmp_path: Path) -
     assert [r.name for r in read_records(plain)] == ["m0", "m2"]
     with pytest.raises(store.SchemaError, match="not 'labels'"):
         store.read_table(plain, "labels")
+
+
+def test_conformer_pool_forks_only_when_safe(tmp_path: Path) -> None:
+    """Forked workers (no other thread, no torch: the command line before its torch import)
+    give the same rows as spawned ones; a process with torch or another thread spawns."""
+    import json
+    import subprocess
+    import sys
+
+    sdf = tmp_path / "in.sdf"
+    with Chem.SDWriter(str(sdf)) as w:
+        for i, smi in enumerate(["CCO", "c1ccc(O)cc1F", "CC(=O)Nc1ccccc1", "OC(=O)c1ccncc1"]):
+            mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+            AllChem.EmbedMolecule(mol, randomSeed=i)
+            mol.SetProp("_Name", f"m{i}")
+            w.write(mol)
+    code = """
+import json, sys, threading
+{setup}
+from densnet_core.conformer_pool import make_pool, _run_batch
+from densnet_core.inputs import read_records
+records = [r.to_dict() for r in read_records({sdf!r})]
+pool = make_pool(1)
+rows = pool.submit(_run_batch, records, {{}}).result()
+pool.shutdown()
+keep = ("name", "mol_id", "conformer_key", "smiles", "status", "ring_systems")
+print(json.dumps({{"method": pool._mp_context.get_start_method(),
+                  "rows": [{{k: r.get(k) for k in keep}} for r in rows]}}))
+"""
+
+    def run(setup: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", code.format(setup=setup, sdf=str(sdf))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    forked = run("")
+    with_torch = run("import torch")
+    with_thread = run("threading.Thread(target=__import__('time').sleep, args=(5,)).start()")
+    assert forked["method"] == "fork"
+    assert with_torch["method"] == "spawn" and with_thread["method"] == "spawn"
+    assert forked["rows"] == with_torch["rows"] == with_thread["rows"]
+    assert [r["status"] for r in forked["rows"]] == ["ok"] * 4
