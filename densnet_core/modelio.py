@@ -291,9 +291,11 @@ def load_model(
     device
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     deferred_codegen
-        Build e3nn's generated code on first use (:mod:`densnet_core.deferred_codegen`): for
-        prediction, which never calls most of it. Should the weights not fit the deferred
-        build, the model is built again the usual way before any error is reported.
+        Build only the e3nn code that prediction calls
+        (:meth:`~densnet_core.model.DensityModel.build_inference_graphs`); the rest is
+        generated on first use (:mod:`densnet_core.deferred_codegen`). Should the weights not
+        fit the deferred build, the model is built again the usual way before any error is
+        reported.
 
     Returns
     -------
@@ -329,7 +331,10 @@ def load_model(
             raise ModelFileError(f"{model_dir}: weights do not match the config ({exc})") from exc
         return load_model(model_dir, device=device, deferred_codegen=False)
     dev = resolve_device(device)
-    return model.float().to(dev).eval(), info
+    model = model.float().to(dev).eval()
+    if deferred_codegen:
+        model.build_inference_graphs()  # once here, not in every forked worker
+    return model, info
 
 
 def resolve_device(device: str) -> Any:
