@@ -58,11 +58,11 @@ def _ping() -> int:
 def make_pool(workers: int) -> ProcessPoolExecutor:
     """A process pool for conformer batches.
 
-    The workers are *forked* when that is safe: this process runs no other thread and has not
-    imported torch (whose OpenMP pool does not survive a fork), as on the command line before
-    its torch import. A forked worker skips a fresh interpreter's start-up; it imports RDKit
-    in its initializer, in parallel with this process. Otherwise (a Prefect flow's threads, a
-    notebook that imported torch) they are spawned.
+    The workers are *forked* when that is safe: on Linux, when this process runs no other
+    thread and has not imported torch (whose OpenMP pool does not survive a fork), as on the
+    command line before its torch import. A forked worker skips a fresh interpreter's
+    start-up; it imports RDKit in its initializer, in parallel with this process. Otherwise
+    (a Prefect flow's threads, a notebook that imported torch, macOS) they are spawned.
     """
     ctx = multiprocessing.get_context("fork" if _fork_is_safe() else "spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
@@ -71,7 +71,7 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
 def _fork_is_safe() -> bool:
     """Whether worker processes can be forked from this one (see :func:`make_pool`)."""
     return (
-        "fork" in multiprocessing.get_all_start_methods()
+        sys.platform.startswith("linux")  # macOS frameworks are not fork-safe (spawn there)
         and threading.active_count() == 1
         and "torch" not in sys.modules
     )
