@@ -88,3 +88,15 @@ def test_missing_files_and_cuda(model, tmp_path):
         save_model(model, tmp_path / "m", level=DEFAULT_LEVEL)
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             load_model(tmp_path / "m", device="cuda")
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_weights_that_do_not_fit_the_config_are_refused(model, tmp_path, deferred):
+    """Also with deferred code generation (which rebuilds the usual way before refusing)."""
+    d = tmp_path / "m"
+    save_model(model, d, level=DEFAULT_LEVEL)
+    config = json.loads((d / "config.json").read_text())
+    config["model"]["embed_dim"] = int(config["model"]["embed_dim"]) + 8
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="do not match the config"):
+        load_model(d, deferred_codegen=deferred)
