@@ -116,12 +116,14 @@ class DeferredGraph(nn.Module):
         super()._apply(fn, recurse)
         if self.built:
             self.__dict__["_real"]._apply(fn)
+        else:  # the loaded entries are cast and moved as the real buffers would be
+            self.__dict__["_stash"] = {k: fn(v) for k, v in self.__dict__["_stash"].items()}
         return self
 
     def _save_to_state_dict(
         self, destination: dict[str, Any], prefix: str, keep_vars: bool
     ) -> None:
-        if not self.built and not self.__dict__["_stash"]:
+        if not self.built and not self.__dict__["_loaded"]:
             self.real_module()  # a model built here, never loaded: its constants are e3nn's
         if self.built:
             for key, value in self.__dict__["_real"].state_dict(keep_vars=keep_vars).items():

@@ -68,10 +68,17 @@ def test_deferred_model_predicts_exactly_what_the_eager_one_does(models, molecul
 
 def test_deferred_model_file_keys_and_values_are_unchanged(models):
     deferred, eager = models
+    unbuilt = {n for n, g in deferred_graphs(deferred).items() if not g.built}
     a, b = deferred.state_dict(), eager.state_dict()
     assert set(a) == set(b)  # (in the file's order while a graph is not built)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # saving reads the loaded entries of unbuilt graphs; it does not build them
+    assert unbuilt and unbuilt == {n for n, g in deferred_graphs(deferred).items() if not g.built}
+    # and they follow casts like the real buffers would
+    a64 = load_model(default_model_dir(), deferred_codegen=True)[0].double().state_dict()
+    b64 = load_model(default_model_dir())[0].double().state_dict()
+    assert all(a64[k].dtype == b64[k].dtype and torch.equal(a64[k], b64[k]) for k in b64)
 
 
 def test_deferred_model_casts_and_autograd(molecules):
