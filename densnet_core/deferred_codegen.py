@@ -87,6 +87,10 @@ class DeferredGraph(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.real_module()(*args, **kwargs)
 
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[nn.Module]]:
+        """Pickled and deep-copied as the real graph module (built now if needed)."""
+        return _as_is, (self.real_module(),)
+
     def __getattr__(self, name: str) -> Any:
         """Attributes of the real module (its constants, e.g. ``_w3j_1_1_2``): the loaded
         value while it is not built, else the real module's. Never builds it (see
@@ -155,6 +159,10 @@ class DeferredGraph(nn.Module):
         return "built" if self.built else "deferred until its first call"
 
 
+def _as_is(module: nn.Module) -> nn.Module:
+    return module
+
+
 def _linear_sizes(irreps_out: Any, instructions: list[Any]) -> tuple[int, int]:
     """``(weight_numel, bias_numel)`` of an ``o3.Linear``, as e3nn's ``_codegen_linear``
     computes them (checked against it in ``tests/core/test_deferred_codegen.py``)."""
@@ -214,7 +222,8 @@ def deferred_e3nn_codegen() -> Iterator[None]:
         if later:
             if not hasattr(self, "__codegen__"):
                 self.__codegen__ = []
-            self.__codegen__.extend(later)
+            # not listed in __codegen__ (e3nn's pickling would reject them): plain submodules,
+            # which pickle and deep-copy as their real graphs (DeferredGraph.__reduce_ex__)
             for name, pending in later.items():
                 self.add_module(name, DeferredGraph(pending))
 

@@ -139,3 +139,18 @@ def test_context_restores_e3nn():
     after.load_state_dict(inside.state_dict())
     assert torch.equal(inside(x), after(x))
     assert inside._compiled_main.built
+
+
+def test_deferred_model_deep_copies_and_pickles_as_the_built_model(models, molecules):
+    """A copy (e.g. EMA weights, a worker's pickle) holds the real graphs: same outputs."""
+    import copy
+    import pickle
+
+    _, eager = models
+    deferred, _ = load_model(default_model_dir(), deferred_codegen=True)  # its own: copies build
+    ref = _outputs(eager, molecules, torch.float32)
+    for clone in (copy.deepcopy(deferred), pickle.loads(pickle.dumps(deferred))):
+        assert not deferred_graphs(clone)
+        out = _outputs(clone, molecules, torch.float32)
+        for key in ("density_coeffs", "response_coeffs", "dipole_au", "polarizability_au"):
+            assert torch.equal(out[key], ref[key]), key
