@@ -4,13 +4,16 @@ e3nn's ``o3.Linear`` and ``o3.TensorProduct`` trace and compile a ``torch.fx`` g
 are constructed. That is most of a default model's build time (0.4-0.8 of 0.5-0.9 CPU-s on
 the development machine), and the prediction path never calls most of those graphs: the hidden
 blocks run on component-major kernels built from their weights
-(:mod:`densnet_core.component_major`), and a model only meets the elements of its inputs. Under
-:func:`deferred_e3nn_codegen` every such graph is replaced by a :class:`DeferredGraph` that
-generates the real one the first time it is called. Outputs are unchanged: the real graph is
-the one e3nn would have built, with the constants (Clebsch-Gordan blocks) of the loaded state.
+(:mod:`densnet_core.component_major`). Under :func:`deferred_e3nn_codegen` every such graph is
+replaced by a :class:`DeferredGraph` that generates the real one the first time it is called.
+Outputs are unchanged: the real graph is the one e3nn would have built, with the constants
+(Clebsch-Gordan blocks) of the loaded state.
 
 Only :func:`densnet_core.modelio.load_model` with ``deferred_codegen=True`` (the
-:class:`~densnet_core.predict.Predictor`) uses it; training builds models eagerly.
+:class:`~densnet_core.predict.Predictor`) uses it, and it then builds at once every graph that
+inference calls (:meth:`~densnet_core.model.DensityModel.build_inference_graphs`), so that
+workers forked from the process share them: only the hidden blocks' own graphs stay deferred.
+Training builds models eagerly.
 """
 
 from __future__ import annotations
