@@ -222,13 +222,10 @@ def deferred_e3nn_codegen() -> Iterator[None]:
         if eager:
             saved_register(self, eager)
         later = {k: v for k, v in funcs.items() if isinstance(v, _Pending)}
-        if later:
-            if not hasattr(self, "__codegen__"):
-                self.__codegen__ = []
-            # not listed in __codegen__ (e3nn's pickling would reject them): plain submodules,
-            # which pickle and deep-copy as their real graphs (DeferredGraph.__reduce_ex__)
-            for name, pending in later.items():
-                self.add_module(name, DeferredGraph(pending))
+        # not listed in __codegen__ (e3nn's pickling would reject them): plain submodules,
+        # which pickle and deep-copy as their real graphs (DeferredGraph.__reduce_ex__)
+        for name, pending in later.items():
+            self.add_module(name, DeferredGraph(pending))
 
     linear_mod._codegen_linear = linear
     tp_mod._CODEGEN_PROVIDERS_LEFT_RIGHT[:] = [first_of(saved_lr)]

@@ -1338,12 +1338,12 @@ class DensityModel(nn.Module):
             x = self.layers[-1](x, node_attr, edges)
         return x, edge_index, r, edge_radial, rev
 
-    def build_inference_graphs(self) -> int:
+    def build_inference_graphs(self) -> None:
         """Generate now the e3nn code that inference calls, for a model built with deferred
         code generation (:mod:`densnet_core.deferred_codegen`; a no-op otherwise): once, here,
         rather than in every worker forked from this process. The hidden blocks' own graphs
         stay unbuilt where they run on component-major kernels (their weights are read, their
-        code is not). Returns the number of graphs built.
+        code is not).
         """
         from densnet_core.deferred_codegen import DeferredGraph
 
@@ -1354,12 +1354,9 @@ class DensityModel(nn.Module):
                 for name in replaced:
                     skip.update(id(m) for m in getattr(layer, name).modules())
         groups = [g for g in self.element_readout.groups if g is not None]
-        built = 0
         for module in [*self.modules(), *(m for g in groups for m in g.modules())]:
-            if isinstance(module, DeferredGraph) and id(module) not in skip and not module.built:
+            if isinstance(module, DeferredGraph) and id(module) not in skip:
                 module.real_module()
-                built += 1
-        return built
 
     def _component_major_ok(self) -> bool:
         """Whether the hidden blocks can run on component-major blocks: one leading block of
